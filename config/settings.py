@@ -47,6 +47,9 @@ class MqttSettings(_Section):
     # The most messages the broker may have in flight to us unacknowledged (MQTT 5
     # Receive Maximum).  With acknowledgement after commit this bounds memory too.
     receive_maximum: int = Field(2000, ge=1, le=65535)
+    # How long the broker keeps our session (and queues messages for it) while we are
+    # away.  Longer than any outage you plan to survive; the broker's own limits apply.
+    session_expiry_s: int = Field(7 * 86400, ge=60)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
 

@@ -60,7 +60,7 @@ class Mosquitto:
         conf.write_text(
             f"{shipped}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence_location {self.workdir}/\nlog_dest file {self.workdir}/broker.log\n"
-            f"{self.extra}\n"
+            f"user root\n{self.extra}\n"
         )
         self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)

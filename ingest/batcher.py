@@ -1,0 +1,146 @@
+"""Gathers decoded messages into batches for the store: up to ``batch_rows`` readings
+or ``batch_ms`` after the first message, whichever comes first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from ingest.batch import Quarantined, ReadingBatch
+from ingest.collector import Message
+from ingest.frames import FrameLimits, decode_readings
+from ingest.items import ItemsError, ItemSpec, parse_items_payload
+from ingest.topics import Topic, TopicError, parse_topic
+
+__all__ = ["Batcher", "RegistryCache"]
+
+log = logging.getLogger("nhjc.batcher")
+
+
+class RegistryCache:
+    """enterprise -> registered item codes, reloaded from the database on demand (at
+    most every ``min_reload_s``) so items loaded by another instance or by ``nhjc items
+    load`` are seen before a reading is called unknown."""
+
+    def __init__(self, load: Callable[[], Awaitable[dict[str, frozenset[str]]]], min_reload_s: float = 2.0) -> None:
+        self._load = load
+        self._min_reload_s = min_reload_s
+        self._codes: dict[str, frozenset[str]] = {}
+        self._loaded_at = float("-inf")
+
+    def codes(self, enterprise: str) -> frozenset[str]:
+        return self._codes.get(enterprise, frozenset())
+
+    async def reload(self, force: bool = False) -> bool:
+        if not force and time.monotonic() - self._loaded_at < self._min_reload_s:
+            return False
+        self._codes = await self._load()
+        self._loaded_at = time.monotonic()
+        return True
+
+    def add(self, items: list[ItemSpec]) -> None:
+        for item in items:
+            self._codes[item.enterprise] = self._codes.get(item.enterprise, frozenset()) | {item.code}
+
+
+class Batcher:
+    def __init__(
+        self,
+        queue: asyncio.Queue[Message],
+        *,
+        registry: RegistryCache,
+        apply_items: Callable[[list[ItemSpec], str], Awaitable[object]],
+        limits: FrameLimits,
+        batch_rows: int,
+        batch_ms: int,
+    ) -> None:
+        self._queue = queue
+        self._registry = registry
+        self._apply_items = apply_items
+        self._limits = limits
+        self._batch_rows = batch_rows
+        self._batch_s = batch_ms / 1000
+
+    async def next_batch(self, stop: asyncio.Event) -> ReadingBatch | None:
+        """The next batch; None once ``stop`` is set and nothing is waiting."""
+        parts: list[ReadingBatch] = []
+        rows = 0
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while rows < self._batch_rows:
+            if self._queue.empty():
+                if stop.is_set():
+                    break
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                if timeout == 0.0:
+                    break
+                msg = await self._get(stop, timeout)
+                if msg is None:
+                    continue
+            else:
+                msg = self._queue.get_nowait()
+            if deadline is None:
+                deadline = loop.time() + self._batch_s
+            part = await self.decode(msg)
+            parts.append(part)
+            rows += len(part.rows)
+        return ReadingBatch.concat(parts) if parts else None
+
+    async def _get(self, stop: asyncio.Event, timeout: float | None) -> Message | None:
+        getter = asyncio.ensure_future(self._queue.get())
+        stopper = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({getter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if getter not in done:
+            # The getter may have taken a message just as we gave up: never drop it.
+            getter.cancel()
+            await asyncio.wait({getter})
+        return None if getter.cancelled() else getter.result()
+
+    async def decode(self, msg: Message) -> ReadingBatch:
+        """One message into a batch part (rows and/or quarantine), carrying its handle."""
+        part = await self._decode(msg)
+        part.handles.append(msg.handle)
+        return part
+
+    async def _decode(self, msg: Message) -> ReadingBatch:
+        try:
+            topic = parse_topic(msg.topic)
+        except TopicError as exc:
+            q = Quarantined(msg.received_at_us, msg.topic, exc.enterprise, exc.reason, str(exc), msg.payload)
+            return ReadingBatch.empty([q], frames=1)
+        if topic.kind == "items":
+            return await self._items(msg, topic.enterprise)
+        if topic.kind != "readings":
+            return ReadingBatch.empty()
+        part = self._readings(msg, topic)
+        if any(q.reason == "unknown_item" for q in part.quarantine) and await self._registry.reload():
+            part = self._readings(msg, topic)  # the registry may have grown elsewhere
+        return part
+
+    def _readings(self, msg: Message, topic: Topic) -> ReadingBatch:
+        return decode_readings(
+            msg.topic, topic, msg.payload, msg.received_at_us,
+            known_codes=self._registry.codes(topic.enterprise), limits=self._limits,
+        )
+
+    async def _items(self, msg: Message, enterprise: str) -> ReadingBatch:
+        empty = ReadingBatch.empty()
+        try:
+            items, bad = parse_items_payload(msg.payload, enterprise)
+        except ItemsError as exc:
+            empty.quarantine.append(
+                Quarantined(msg.received_at_us, msg.topic, enterprise, exc.reason, str(exc), msg.payload)
+            )
+            return empty
+        if items:
+            # Applied at once, before the readings that follow it in the stream are judged.
+            await self._apply_items(items, f"mqtt:{msg.topic}")
+            self._registry.add(items)
+        for i, why, raw in bad:
+            empty.quarantine.append(
+                Quarantined(msg.received_at_us, msg.topic, enterprise, "bad_item", f"items[{i}]: {why}", raw, "item")
+            )
+        return empty

@@ -1,0 +1,5 @@
+import sys
+
+from nhjc.cli import main
+
+sys.exit(main())

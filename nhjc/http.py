@@ -1,0 +1,46 @@
+"""The operator's HTTP endpoint: /metrics (Prometheus text), /healthz, /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+__all__ = ["HttpEndpoint"]
+
+
+class HttpEndpoint:
+    def __init__(self, *, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], dict[str, bool]]) -> None:
+        self._host, self._port = host, port
+        self._registry = registry
+        self._ready = ready
+        self.port: int | None = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        parts = self._ready()
+        ok = all(parts.values())
+        return web.json_response({"ready": ok, **parts}, status=200 if ok else 503)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()

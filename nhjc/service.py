@@ -1,0 +1,219 @@
+"""``nhjc run``: the composition root.  It builds every stage from the settings, runs
+them in one task group, and shuts them down from the source: stop reading the broker,
+commit and acknowledge what is in hand, then stop the rest."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+
+from config.settings import Settings
+from ingest.batch import ReadingBatch
+from ingest.batcher import Batcher, RegistryCache
+from ingest.collector import Collector
+from ingest.frames import FrameLimits
+from ingest.items import ItemSpec
+from ingest.metrics import IngestMetrics
+from nhjc.http import HttpEndpoint
+from processing.migrate import available
+from processing.registry import known_codes, upsert_items
+from processing.store import Store
+
+__all__ = ["Service", "SchemaError", "main_run"]
+
+log = logging.getLogger("nhjc.service")
+
+# What to do next when a write fails: these are worth retrying (the database is away or
+# busy); anything else is a fault that stops the service, with nothing acknowledged.
+RETRYABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+             asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+             asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError,
+             asyncpg.SerializationError, asyncpg.QueryCanceledError, TimeoutError)
+SHUTDOWN_GRACE_S = 10.0
+
+
+class SchemaError(RuntimeError):
+    """The database schema is older than this program."""
+
+
+async def check_schema(pool: asyncpg.Pool) -> None:
+    want = available()[-1][0]
+    try:
+        have = await pool.fetchval("SELECT max(version) FROM schema_migrations")
+    except asyncpg.UndefinedTableError:
+        have = None
+    if have is None or have < want:
+        raise SchemaError(f"database schema is at version {have or 0}, nhjc needs {want}: run `nhjc migrate`")
+
+
+class Service:
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = IngestMetrics(self.registry)
+        self.pool: asyncpg.Pool | None = None
+        self.collector: Collector | None = None
+        self.http: HttpEndpoint | None = None
+        self._stopping = asyncio.Event()  # stop reading; drain what is in hand
+        self._ingest_done = asyncio.Event()  # everything in hand committed and acknowledged
+        self._finished = asyncio.Event()  # every stage has returned
+        self._db_ok = False
+
+    # --- readiness -----------------------------------------------------------------
+    def ready(self) -> dict[str, bool]:
+        return {"broker": bool(self.collector and self.collector.connected), "database": self._db_ok}
+
+    def _db_state(self, ok: bool) -> None:
+        self._db_ok = ok
+        self.metrics.database_up.set(1 if ok else 0)
+
+    async def _watch_database(self) -> None:
+        assert self.pool is not None
+        while not self._stopping.is_set():
+            try:
+                await self.pool.fetchval("SELECT 1", timeout=5)
+                self._db_state(True)
+            except (*RETRYABLE, asyncpg.PostgresError):
+                self._db_state(False)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), 5)
+            except TimeoutError:
+                pass
+
+    # --- ingest ----------------------------------------------------------------------
+    async def _apply_items(self, items: list[ItemSpec], source: str) -> None:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            changed = await upsert_items(conn, items, source)
+        if changed:
+            log.info("items registry: %d item(s) changed from %s", changed, source)
+
+    async def _commit(self, batch: ReadingBatch, store: Store) -> bool:
+        """Write the batch, retrying while the database is away.  False when shutdown
+        came before the database did (nothing acknowledged: the broker redelivers)."""
+        delay = 0.2
+        give_up_at: float | None = None
+        while True:
+            started = time.perf_counter()
+            try:
+                written = await store.write(batch)
+                break
+            except RETRYABLE as exc:
+                self._db_state(False)
+                self.metrics.write_retries.inc()
+                log.warning("batch of %d readings not committed (%s); retrying", len(batch), exc)
+            if self._stopping.is_set():
+                give_up_at = give_up_at or time.monotonic() + SHUTDOWN_GRACE_S
+                if time.monotonic() > give_up_at:
+                    return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        self._db_state(True)
+        assert self.collector is not None
+        self.collector.ack(batch.handles)
+        now_us = time.time_ns() // 1000
+        rows = batch.rows
+        self.metrics.batch_committed(
+            frames=batch.frames,
+            accepted=len(rows),
+            quarantine_reasons=[(q.reason, q.level) for q in batch.quarantine],
+            seconds=time.perf_counter() - started,
+            reading_lag_s=(now_us - int(rows["ts"].max())) / 1e6 if len(rows) else None,
+            receive_lag_s=(now_us - int(rows["received_at"].min())) / 1e6 if len(rows) else None,
+        )
+        log.debug("committed %d readings (%d new or changed), %d quarantined", len(rows), written, len(batch.quarantine))
+        return True
+
+    async def _ingest(self, batcher: Batcher, store: Store) -> None:
+        assert self.collector is not None
+        try:
+            while True:
+                self.metrics.queue_depth.set(self.collector.queue.qsize())
+                self.metrics.unacked.set(self.collector.unacked)
+                batch = await batcher.next_batch(self._stopping)
+                if batch is None:
+                    break
+                if not await self._commit(batch, store):
+                    log.warning("shutting down with %d readings uncommitted; the broker keeps them", len(batch))
+                    break
+        finally:
+            self._ingest_done.set()
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        self.pool = await asyncpg.create_pool(
+            s.database.url, min_size=1, max_size=s.database.pool_size,
+            command_timeout=s.database.command_timeout_s,
+        )
+        try:
+            await check_schema(self.pool)
+            self._db_state(True)
+            registry_cache = RegistryCache(lambda: known_codes(self.pool))  # type: ignore[arg-type]
+            await registry_cache.reload(force=True)
+            m = s.mqtt
+            self.collector = Collector(
+                url=m.url, client_id=m.client_id, username=m.username, password=m.password,
+                ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
+                keepalive_s=m.keepalive_s, receive_maximum=m.receive_maximum,
+                session_expiry_s=m.session_expiry_s, reconnect_min_s=m.reconnect_min_s,
+                reconnect_max_s=m.reconnect_max_s, share_group=m.share_group,
+                on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
+            )
+            i = s.ingest
+            batcher = Batcher(
+                self.collector.queue, registry=registry_cache, apply_items=self._apply_items,
+                limits=FrameLimits(i.max_frame_bytes, i.max_readings_per_frame,
+                                   i.early_tolerance_s, i.late_horizon_s),
+                batch_rows=i.batch_rows, batch_ms=i.batch_ms,
+            )
+            store = Store(self.pool)
+            self.http = HttpEndpoint(host=s.metrics.host, port=s.metrics.port,
+                                     registry=self.registry, ready=self.ready)
+            http_stop = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.http.run(http_stop), name="http")
+                tg.create_task(self.collector.run(self._ingest_done), name="collector")
+                tg.create_task(self._ingest(batcher, store), name="ingest")
+                tg.create_task(self._watch_database(), name="database-watch")
+                for name, coro in self._more_stages(stop):
+                    tg.create_task(coro, name=name)
+                await stop.wait()
+                log.info("stopping: no new messages; committing what is in hand")
+                self.collector.pause()
+                self._stopping.set()
+                await self._ingest_done.wait()
+                http_stop.set()
+        finally:
+            await self.pool.close()
+            self._finished.set()
+
+    def _more_stages(self, stop: asyncio.Event) -> list[tuple[str, object]]:
+        """Stages downstream of the readings: aggregation and uplink."""
+        return []
+
+
+def main_run(args: argparse.Namespace, settings: Settings) -> int:
+    async def _main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await Service(settings).run(stop)
+        except SchemaError as exc:
+            print(f"nhjc run: {exc}", file=sys.stderr)
+            return 1
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"nhjc run: database {settings.database.url}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return asyncio.run(_main())

@@ -1,0 +1,50 @@
+"""The items registry in the database: last writer wins, every change recorded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import asyncpg
+
+from ingest.items import ItemSpec
+
+__all__ = ["known_codes", "upsert_items"]
+
+_FIELDS = ("name", "energy", "unit", "kind", "multiplier", "rollover", "min", "max",
+           "scope", "input_type", "coefficient")
+
+_UPSERT = f"""
+INSERT INTO items AS i (enterprise, code, {", ".join(_FIELDS)}, source, updated_at)
+VALUES ($1, $2, {", ".join(f"${n}" for n in range(3, 3 + len(_FIELDS)))}, ${3 + len(_FIELDS)}, now())
+ON CONFLICT (enterprise, code) DO UPDATE SET
+    {", ".join(f"{f} = EXCLUDED.{f}" for f in _FIELDS)},
+    source = EXCLUDED.source, updated_at = now()
+WHERE ({", ".join(f"i.{f}" for f in _FIELDS)}) IS DISTINCT FROM ({", ".join(f"EXCLUDED.{f}" for f in _FIELDS)})
+RETURNING enterprise
+"""
+
+
+async def upsert_items(conn: asyncpg.Connection, items: Iterable[ItemSpec], source: str) -> int:
+    """Store items; an unchanged item is left alone.  Returns how many changed."""
+    changed = 0
+    async with conn.transaction():
+        for item in items:
+            rec = item.record()
+            row = await conn.fetchrow(_UPSERT, item.enterprise, item.code,
+                                      *(rec[f] for f in _FIELDS), source)
+            if row is not None:
+                changed += 1
+                await conn.execute(
+                    "INSERT INTO items_history (enterprise, code, source, item) VALUES ($1, $2, $3, $4::jsonb)",
+                    item.enterprise, item.code, source, json.dumps(rec, ensure_ascii=False),
+                )
+    return changed
+
+
+async def known_codes(conn: asyncpg.Connection | asyncpg.Pool) -> dict[str, frozenset[str]]:
+    """enterprise -> its registered item codes."""
+    found: dict[str, set[str]] = {}
+    for r in await conn.fetch("SELECT enterprise, code FROM items"):
+        found.setdefault(r["enterprise"], set()).add(r["code"])
+    return {e: frozenset(c) for e, c in found.items()}
