@@ -135,8 +135,6 @@ class Service:
         assert self.collector is not None
         try:
             while True:
-                self.metrics.queue_depth.set(self.collector.queue.qsize())
-                self.metrics.unacked.set(self.collector.unacked)
                 batch = await batcher.next_batch(self._stopping)
                 if batch is None:
                     break
@@ -167,6 +165,9 @@ class Service:
                 reconnect_max_s=m.reconnect_max_s, share_group=m.share_group,
                 on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
             )
+            collector = self.collector
+            self.metrics.queue_depth.set_function(collector.queue.qsize)
+            self.metrics.unacked.set_function(lambda: collector.unacked)
             i = s.ingest
             batcher = Batcher(
                 self.collector.queue, registry=registry_cache, apply_items=self._apply_items,
@@ -181,7 +182,7 @@ class Service:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.http.run(http_stop), name="http")
                 tg.create_task(self.collector.run(self._ingest_done), name="collector")
-                tg.create_task(self._ingest(batcher, store), name="ingest")
+                ingest = tg.create_task(self._ingest(batcher, store), name="ingest")
                 tg.create_task(self._watch_database(), name="database-watch")
                 for name, coro in self._more_stages(stop):
                     tg.create_task(coro, name=name)
@@ -189,7 +190,13 @@ class Service:
                 log.info("stopping: no new messages; committing what is in hand")
                 self.collector.pause()
                 self._stopping.set()
-                await self._ingest_done.wait()
+                try:
+                    await asyncio.wait_for(self._ingest_done.wait(), SHUTDOWN_GRACE_S)
+                except TimeoutError:
+                    # The database is stuck: leave the batch unacknowledged; the broker
+                    # redelivers it to the next run.
+                    log.warning("commit did not finish in %.0fs; leaving it to redelivery", SHUTDOWN_GRACE_S)
+                    ingest.cancel()
                 http_stop.set()
         finally:
             await self.pool.close()
