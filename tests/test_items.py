@@ -1,0 +1,67 @@
+"""The items registry: from a file and from the retained MQTT topic, every change recorded."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.harness import Gateway, ServiceProcess, enterprise_code, item, query, wait_for
+from tests.services import ROOT
+
+
+def nhjc(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NHJC_DATABASE__URL": dsn}
+    return subprocess.run([sys.executable, "-m", "nhjc", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_items_load_file_records_every_change(db, tmp_path) -> None:
+    ent = enterprise_code(20)
+    f = tmp_path / "items.json"
+    items = [dict(item("01-00-0000-023300-01", multiplier=200, rollover=999999.99), enterprise=ent),
+             dict(item("0000000001150001"), enterprise=ent, unit="m3", energy="1500")]
+    f.write_text(json.dumps(items))
+    r = nhjc(db, "items", "load", str(f))
+    assert r.returncode == 0, r.stderr
+    assert "2 item(s)" in r.stdout
+    assert nhjc(db, "items", "load", str(f)).stdout.startswith("0 item(s)")  # unchanged: no new history
+    items[0]["multiplier"] = 400
+    f.write_text(json.dumps(items))
+    assert nhjc(db, "items", "load", str(f)).stdout.startswith("1 item(s)")
+    rows = query(db, "SELECT code, multiplier, rollover, unit, source FROM items ORDER BY code")
+    assert rows == [("00-00-0000-011500-01", 1.0, None, "m3", "file:items.json"),
+                    ("01-00-0000-023300-01", 400.0, 999999.99, "kWh", "file:items.json")]
+    hist = query(db, "SELECT code, (item->>'multiplier')::float FROM items_history ORDER BY id")
+    assert hist == [("01-00-0000-023300-01", 200.0), ("00-00-0000-011500-01", 1.0), ("01-00-0000-023300-01", 400.0)]
+    assert query(db, "SELECT count(*) FROM items_history WHERE changed_at IS NULL") == [(0,)]
+
+
+def test_items_load_rejects_a_bad_file_naming_the_entry(db, tmp_path) -> None:
+    ent = enterprise_code(21)
+    f = tmp_path / "items.json"
+    f.write_text(json.dumps([dict(item("01-00-0000-023300-01"), enterprise=ent),
+                             dict(item("01-00-0000-023300-02"), enterprise=ent, kind="sometimes")]))
+    r = nhjc(db, "items", "load", str(f))
+    assert r.returncode == 1
+    assert "item [1]" in r.stderr and "kind" in r.stderr
+    assert query(db, "SELECT count(*) FROM items") == [(0,)]  # checked whole before anything is loaded
+    f.write_text("not json")
+    assert "not JSON" in nhjc(db, "items", "load", str(f)).stderr
+    assert "no such file" in nhjc(db, "items", "load", str(tmp_path / "nope.json")).stderr
+
+
+def test_retained_items_topic_updates_registry(broker, db, tmp_path) -> None:
+    ent = enterprise_code(22)
+    gw = Gateway(broker.url, ent, gateway="gw-items")
+    gw.items([item("01-00-0000-023300-01", multiplier=50)])
+    svc = ServiceProcess(broker.url, db, log=tmp_path / "svc.log").start()
+    try:
+        wait_for(lambda: query(db, "SELECT count(*) FROM items")[0][0] == 1, 15, "items from the retained topic")
+        gw.items([item("01-00-0000-023300-01", multiplier=80), item("01-00-0000-023300-02", kind="instant")])
+        wait_for(lambda: query(db, "SELECT count(*) FROM items_history")[0][0] == 3, 15, "history")
+        assert query(db, "SELECT multiplier, source FROM items WHERE code = '01-00-0000-023300-01'") == [
+            (80.0, f"mqtt:nhjc/v1/{ent}/gw-items/items")]
+    finally:
+        assert svc.stop() == 0
+        gw.publish_raw(gw.topic("items"), b"", retain=True)  # clear the retained message
+        gw.close()
