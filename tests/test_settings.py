@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+
+from config.settings import SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_config_loads_and_environment_wins(monkeypatch) -> None:
+    monkeypatch.setenv("NHJC_MQTT__URL", "mqtts://broker.example:8883")
+    monkeypatch.setenv("NHJC_UPLINK__TARGETS__NATIONAL__TIMEOUT_S", "3.5")
+    s = load_settings(ROOT / "config" / "nhjc.example.toml")
+    assert s.mqtt.url == "mqtts://broker.example:8883"
+    assert s.uplink.targets["national"].timeout_s == 3.5
+    assert s.uplink.targets["provincial"].url == "https://provincial.example/nhjc"
+    assert s.ingest.batch_rows == 10000
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"NHJC_MQTT__URL": "http://x"}, "mqtt.url"),
+        ({"NHJC_INGEST__BATCH_ROWS": "0"}, "ingest.batch_rows"),
+        ({"NHJC_PROCESSING__TIMEZONE": "Mars/Olympus"}, "processing.timezone"),
+        ({"NHJC_DATABASE__URL": "mysql://x"}, "database.url"),
+        ({"NHJC_UPLINK__TARGETS__PROVINCIAL__URL": "not a url"}, "uplink.targets.provincial.url"),
+        ({"NHJC_MQTT__NO_SUCH": "1"}, "mqtt.no_such"),
+    ],
+)
+def test_bad_setting_names_itself_in_one_line(monkeypatch, env, named) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SettingsError) as e:
+        load_settings()
+    assert named in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_and_broken_config_files(tmp_path) -> None:
+    with pytest.raises(SettingsError, match="no such file"):
+        load_settings(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mqtt\nurl=")
+    with pytest.raises(SettingsError) as e:
+        load_settings(bad)
+    assert "\n" not in str(e.value)
