@@ -128,6 +128,8 @@ class Batcher:
 
     async def _items(self, msg: Message, enterprise: str) -> ReadingBatch:
         empty = ReadingBatch.empty()
+        if not msg.payload:  # a retained items message being cleared: nothing to apply
+            return empty
         try:
             items, bad = parse_items_payload(msg.payload, enterprise)
         except ItemsError as exc:

@@ -132,16 +132,24 @@ class Service:
         return True
 
     async def _ingest(self, batcher: Batcher, store: Store) -> None:
-        assert self.collector is not None
+        # One commit in flight while the next batch is gathered and decoded: the database
+        # and our decoding work at the same time, and commits (so acks) stay in order.
+        committing: asyncio.Task[bool] | None = None
         try:
             while True:
                 batch = await batcher.next_batch(self._stopping)
+                if committing is not None and not await committing:
+                    log.warning("shutting down with a batch uncommitted; the broker keeps it")
+                    break
+                committing = None
                 if batch is None:
                     break
-                if not await self._commit(batch, store):
-                    log.warning("shutting down with %d readings uncommitted; the broker keeps them", len(batch))
-                    break
+                committing = asyncio.create_task(self._commit(batch, store), name="commit")
+            if committing is not None:
+                await committing
         finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
             self._ingest_done.set()
 
     # --- lifecycle ---------------------------------------------------------------------

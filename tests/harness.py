@@ -40,6 +40,7 @@ class Gateway:
     def __init__(self, url: str, enterprise: str, gateway: str = "gw-1") -> None:
         parts = urlsplit(url)
         self.enterprise, self.gateway = enterprise, gateway
+        self.retained: set[str] = set()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"gw-{uuid.uuid4().hex[:8]}",
                                   protocol=mqtt.MQTTv5)
         self.client.max_queued_messages_set(0)
@@ -51,6 +52,8 @@ class Gateway:
         return f"nhjc/v1/{enterprise or self.enterprise}/{self.gateway}/{kind}"
 
     def publish_raw(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
+        if retain:
+            self.retained.add(topic)
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
 
     def items(self, items: list[dict[str, Any]]) -> None:
@@ -63,6 +66,8 @@ class Gateway:
         self.publish_raw(self.topic("readings"), json.dumps(frame))
 
     def close(self) -> None:
+        for topic in self.retained:  # leave the shared broker as we found it
+            self.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
         self.client.loop_stop()
         self.client.disconnect()
 

@@ -63,5 +63,4 @@ def test_retained_items_topic_updates_registry(broker, db, tmp_path) -> None:
             (80.0, f"mqtt:nhjc/v1/{ent}/gw-items/items")]
     finally:
         assert svc.stop() == 0
-        gw.publish_raw(gw.topic("items"), b"", retain=True)  # clear the retained message
         gw.close()
