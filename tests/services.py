@@ -40,10 +40,11 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 class Mosquitto:
     """A private broker on loopback, with the broker settings nhjc ships."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "", prefix: str = "") -> None:
         self.workdir = workdir
         self.port = port or free_port()
-        self.extra = extra
+        self.extra = extra  # after the plain listener: more listeners and their settings
+        self.prefix = prefix  # before everything: options Mosquitto wants first
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -58,7 +59,7 @@ class Mosquitto:
         conf = self.workdir / "mosquitto.conf"
         shipped = (ROOT / "config" / "mosquitto" / "nhjc.conf").read_text()
         conf.write_text(
-            f"{shipped}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"{self.prefix}\n{shipped}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence_location {self.workdir}/\nlog_dest file {self.workdir}/broker.log\n"
             f"user root\n{self.extra}\n"
         )
