@@ -83,7 +83,7 @@ def main() -> None:
         try:
             ents = sorted({e for e, _ in frames})
             gws = {e: Gateway(broker.url, e) for e in ents}
-            for e, gw in gws.items():
+            for gw in gws.values():
                 gw.items([item(c) for c in codes])
             svc = ServiceProcess(broker.url, dsn, client_id="nhjc-bench").start()
             svc.stop()  # the session exists; the backlog now queues at the broker

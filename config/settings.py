@@ -8,12 +8,13 @@ message is one line naming the offending setting.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -60,7 +61,7 @@ class MqttSettings(_Section):
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError("must look like mqtt://host:port or mqtts://host:port")
         try:
-            parts.port
+            _ = parts.port  # raises on a port that is not a number
         except ValueError as exc:
             raise ValueError(f"bad port: {exc}") from None
         return v
@@ -112,23 +113,43 @@ class ProcessingSettings(_Section):
 
 
 class TargetSettings(_Section):
+    """One platform the uplink forwards to (docs/uplink.md)."""
+
     url: str
+    # gbt37947: register / item configuration / data batches; token: SM4 PIN-block token,
+    # one record per call.
     flavour: Literal["gbt37947", "token"] = "gbt37947"
+    # 6-digit administrative region sent at registration; default: characters 3-8 of
+    # the enterprise's credit code.
     region: str | None = Field(None, pattern=r"^\d{6}$")
+    # Token flavour: the PIN (4 to 12 digits) and the SM4 key (32 hex digits) that
+    # encrypts its PIN block.
     password: str | None = None
-    # SM4 key (32 hex digits) for the token flavour's PIN block.
     sm4_key: str | None = Field(None, pattern=r"^[0-9a-fA-F]{32}$")
+    # TLS: ca_file to verify the platform (default: the system store); cert_file and
+    # key_file for mutual TLS.
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     timeout_s: float = Field(10.0, gt=0)
+    # Records per data request (the token flavour always sends one).
     batch_size: int = Field(200, ge=1, le=10_000)
+    # Requests in flight at once to this target.
+    concurrency: int = Field(4, ge=1, le=64)
     # Real-time periods go this long after their 15-minute period closes.
     realtime_delay_s: float = Field(60.0, ge=0)
     # Daily upload time (HH:MM:SS, local); the platform's register reply overrides it.
-    upload_time: str = Field("00:10:00", pattern=r"^\d{2}:\d{2}:\d{2}$")
+    # Days go at this time on the next day, months on day 2, years on 2 January.
+    upload_time: str = Field("00:10:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
     backoff_min_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
+    # The data code the platform assigned to the enterprise total (consumption code 0000).
+    total_code: str = Field("00-00-0000-000000-00", pattern=r"^\d{2}-\d{2}-\d{4}-\d{6}-\d{2}$")
+    # On a target's first start, periods of this many past days are sent (and at least
+    # the latest finished day, month and year).
+    backfill_days: float = Field(1.0, ge=0, le=400)
+    # Acknowledged outbox rows are forgotten after this many days.
+    keep_days: float = Field(35.0, gt=0)
     enabled: bool = True
 
     @field_validator("url")
@@ -139,10 +160,28 @@ class TargetSettings(_Section):
             raise ValueError("must be an http:// or https:// URL")
         return v.rstrip("/")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetSettings:
+        if self.flavour == "token":
+            if self.password is None or not re.fullmatch(r"\d{4,12}", self.password):
+                raise ValueError("the token flavour needs password: a PIN of 4 to 12 digits")
+            if self.sm4_key is None:
+                raise ValueError("the token flavour needs sm4_key (32 hex digits)")
+        if (self.key_file is not None) and self.cert_file is None:
+            raise ValueError("key_file without cert_file")
+        if self.backoff_max_s < self.backoff_min_s:
+            raise ValueError("backoff_max_s is below backoff_min_s")
+        return self
+
 
 class UplinkSettings(_Section):
     targets: dict[str, TargetSettings] = Field(default_factory=dict)
+    # How often each target looks for due periods when it is idle.
     interval_ms: int = Field(1000, ge=10)
+    # A consumption revision is treated as final this long after it was handed out (a
+    # transaction that took a revision number commits within this time); until then
+    # the uplink looks at it again, so a slow commit cannot slip past it.
+    settle_s: float = Field(60.0, ge=0)
 
 
 class MetricsSettings(_Section):

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CODE_LEN", "ENTERPRISE_LEN", "Quarantined", "ReadingBatch", "READING_DTYPE"]
+__all__ = ["CODE_LEN", "ENTERPRISE_LEN", "READING_DTYPE", "Quarantined", "ReadingBatch"]
 
 ENTERPRISE_LEN = 18  # GB 32100 credit code
 CODE_LEN = 20  # pp-uu-eeee-cceeee-dd
@@ -48,11 +48,11 @@ class ReadingBatch:
     frames: int = 0
 
     @classmethod
-    def empty(cls, quarantine: list[Quarantined] | None = None, frames: int = 0) -> "ReadingBatch":
+    def empty(cls, quarantine: list[Quarantined] | None = None, frames: int = 0) -> ReadingBatch:
         return cls(np.empty(0, READING_DTYPE), quarantine or [], frames=frames)
 
     @classmethod
-    def concat(cls, parts: list["ReadingBatch"]) -> "ReadingBatch":
+    def concat(cls, parts: list[ReadingBatch]) -> ReadingBatch:
         rows = np.concatenate([p.rows for p in parts]) if parts else np.empty(0, READING_DTYPE)
         return cls(
             rows=rows,

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import random
 import ssl
@@ -214,13 +216,13 @@ class Collector:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self._session_expiry
             props.ReceiveMaximum = self._receive_maximum
+            connect = functools.partial(
+                self._client.connect, self._host, self._port, self._keepalive,
+                clean_start=False, properties=props,
+            )
             try:
-                await self._loop.run_in_executor(
-                    None,
-                    lambda: self._client.connect(
-                        self._host, self._port, self._keepalive, clean_start=False, properties=props
-                    ),
-                )
+                # The TCP (and TLS) handshake blocks: keep it off the event loop.
+                await self._loop.run_in_executor(None, connect)
             except (OSError, ssl.SSLError) as exc:
                 log.warning("cannot reach broker %s:%s: %s", self._host, self._port, exc)
             else:
@@ -239,10 +241,8 @@ class Collector:
         await self._disconnect()
 
     async def _interruptible_sleep(self, seconds: float, done: asyncio.Event) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def _disconnect(self) -> None:
         if self.connected:

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Container
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import orjson
@@ -22,7 +22,7 @@ from ingest.batch import READING_DTYPE, Quarantined, ReadingBatch
 from ingest.topics import Topic
 from processing.quality import EARLY, LATE
 
-__all__ = ["FrameLimits", "decode_readings", "normalise_code", "REASONS"]
+__all__ = ["REASONS", "FrameLimits", "decode_readings", "normalise_code"]
 
 # Every reason code ingest can give, frame-level and reading-level (see docs/wire.md).
 REASONS = (
@@ -30,7 +30,7 @@ REASONS = (
     "bad_code", "unknown_item", "bad_timestamp", "bad_value", "not_finite",
 )
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _Y2000_US = 946_684_800 * 1_000_000
 _DAY_US = 86_400 * 1_000_000

@@ -60,7 +60,7 @@ class ItemSpec(BaseModel):
         return norm
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ItemSpec":
+    def _consistent(self) -> ItemSpec:
         for name in ("multiplier", "rollover", "min", "max", "coefficient"):
             v = getattr(self, name)
             if v is not None and not math.isfinite(v):
@@ -87,10 +87,9 @@ def _parse_list(raw_items: list[object], enterprise: str | None) -> tuple[list[I
         if not isinstance(obj, dict):
             bad.append((i, "an item must be a JSON object"))
             continue
-        if enterprise is not None:
-            obj = {**obj, "enterprise": enterprise}  # the topic is the authority
+        fields = obj if enterprise is None else {**obj, "enterprise": enterprise}  # the topic is the authority
         try:
-            good.append(ItemSpec.model_validate(obj))
+            good.append(ItemSpec.model_validate(fields))
         except ValidationError as exc:
             bad.append((i, _error_text(exc)))
     return good, bad

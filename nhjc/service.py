@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -26,7 +27,7 @@ from processing.migrate import available
 from processing.registry import known_codes, upsert_items
 from processing.store import Store
 
-__all__ = ["Service", "SchemaError", "main_run"]
+__all__ = ["SchemaError", "Service", "main_run"]
 
 log = logging.getLogger("nhjc.service")
 
@@ -82,10 +83,8 @@ class Service:
                 self._db_state(True)
             except (*RETRYABLE, asyncpg.PostgresError):
                 self._db_state(False)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 5)
-            except TimeoutError:
-                pass
 
     # --- ingest ----------------------------------------------------------------------
     async def _apply_items(self, items: list[ItemSpec], source: str) -> None:

@@ -11,7 +11,7 @@ can never miss them, whatever crashes when.
 from __future__ import annotations
 
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import numpy as np
@@ -69,7 +69,7 @@ WITH staged AS (
 SELECT count(*) FROM written
 """
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def copy_data(rows: np.ndarray) -> bytes:

@@ -90,8 +90,8 @@ class ServiceProcess:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_ready: bool = True) -> "ServiceProcess":
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+    def start(self, wait_ready: bool = True) -> ServiceProcess:
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen([sys.executable, "-m", "nhjc", "--log-level", self.env.get("NHJC_TEST_LOG_LEVEL", "INFO"), "run"], env=self.env, cwd=ROOT,
                                      stdout=out, stderr=subprocess.STDOUT)
         if wait_ready:

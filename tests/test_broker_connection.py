@@ -2,7 +2,15 @@
 
 import subprocess
 
-from tests.harness import Gateway, ServiceProcess, enterprise_code, item, query, wait_count, wait_for
+from tests.harness import (
+    Gateway,
+    ServiceProcess,
+    enterprise_code,
+    item,
+    query,
+    wait_count,
+    wait_for,
+)
 from tests.services import Mosquitto, free_port
 from tests.tls import make_ca_and_server
 

@@ -3,7 +3,16 @@
 import json
 import signal
 
-from tests.harness import Gateway, ServiceProcess, count, enterprise_code, item, query, wait_count, wait_for
+from tests.harness import (
+    Gateway,
+    ServiceProcess,
+    count,
+    enterprise_code,
+    item,
+    query,
+    wait_count,
+    wait_for,
+)
 
 CODES = ["01-00-0000-023300-01", "00-00-0000-011500-01", "02-01-0101-023300-03"]
 T0 = 1764303300  # 2025-11-28 12:15:00+08:00
@@ -56,8 +65,8 @@ def test_bad_frames_and_readings_are_quarantined_with_good_ones_stored(broker, d
             {"code": "12", "ts": T0 + 60, "value": 1.0},
             {"code": CODES[0], "ts": T0 + 120, "value": 7.5},
         ])
-        gw.publish_raw(gw.topic("readings"), '{"v": 1, "readings": [{"code": "%s", "ts": %d, "value": NaN},'
-                       ' {"code": "%s", "ts": %d, "value": 9.0}]}' % (CODES[0], T0 + 180, CODES[0], T0 + 240))
+        gw.publish_raw(gw.topic("readings"), f'{{"v": 1, "readings": [{{"code": "{CODES[0]}", "ts": {T0 + 180}, "value": NaN}},'
+                       f' {{"code": "{CODES[0]}", "ts": {T0 + 240}, "value": 9.0}}]}}')
         expected = {"bad_json": 1, "bad_version": 1, "bad_shape": 1, "too_large": 1, "bad_enterprise": 1,
                     "unknown_item": 1, "bad_timestamp": 1, "bad_value": 1, "bad_code": 1, "not_finite": 1,
                     "bad_item": 1}

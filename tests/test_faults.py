@@ -8,8 +8,16 @@ import time
 
 import psycopg
 
-from tests.harness import (Gateway, ServiceProcess, count, enterprise_code, item, query, wait_count,
-                           wait_for)
+from tests.harness import (
+    Gateway,
+    ServiceProcess,
+    count,
+    enterprise_code,
+    item,
+    query,
+    wait_count,
+    wait_for,
+)
 from tests.services import ROOT
 
 CODES = [f"01-00-0000-02330{k}-01" for k in range(5)]
@@ -146,7 +154,7 @@ def test_outage_longer_than_default_broker_queue_loses_nothing(fresh_broker, db,
 
 def test_bad_setting_gives_one_line_and_nonzero_exit() -> None:
     env = {**os.environ, "NHJC_MQTT__RECEIVE_MAXIMUM": "0"}
-    r = subprocess.run([sys.executable, "-m", "nhjc", "run"], env=env, cwd=ROOT, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "nhjc", "run"], env=env, cwd=ROOT, check=False, capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -158,7 +166,7 @@ def test_bad_config_file_value_is_named(tmp_path) -> None:
     cfg = tmp_path / "nhjc.toml"
     cfg.write_text('[uplink.targets.provincial]\nurl = "ftp://nowhere"\n')
     r = subprocess.run([sys.executable, "-m", "nhjc", "--config", str(cfg), "run"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=30)
+                       check=False, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "uplink.targets.provincial.url" in r.stderr
 
@@ -168,7 +176,7 @@ def test_unmigrated_database_is_refused_with_one_line(broker) -> None:
     dsn = run(create_database())
     try:
         env = {**os.environ, "NHJC_DATABASE__URL": dsn, "NHJC_MQTT__URL": broker.url}
-        r = subprocess.run([sys.executable, "-m", "nhjc", "run"], env=env, cwd=ROOT, capture_output=True,
+        r = subprocess.run([sys.executable, "-m", "nhjc", "run"], env=env, cwd=ROOT, check=False, capture_output=True,
                            text=True, timeout=30)
         assert r.returncode == 1
         assert "run `nhjc migrate`" in r.stderr

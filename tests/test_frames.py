@@ -15,10 +15,10 @@ CODE = "01-00-0000-023300-01"
 NOW_US = 1_764_303_300 * 1_000_000  # 2025-11-28 12:15:00+08:00
 
 
-def decode(payload: bytes | str, known=frozenset({CODE}), limits=FrameLimits()):
+def decode(payload: bytes | str, known=frozenset({CODE}), limits=None):
     if isinstance(payload, str):
         payload = payload.encode()
-    return decode_readings(TOPIC, parse_topic(TOPIC), payload, NOW_US, known_codes=known, limits=limits)
+    return decode_readings(TOPIC, parse_topic(TOPIC), payload, NOW_US, known_codes=known, limits=limits or FrameLimits())
 
 
 def frame(*readings, **extra) -> str:

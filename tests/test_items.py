@@ -11,7 +11,7 @@ from tests.services import ROOT
 
 def nhjc(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NHJC_DATABASE__URL": dsn}
-    return subprocess.run([sys.executable, "-m", "nhjc", *args], env=env, cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nhjc", *args], env=env, cwd=ROOT, check=False, capture_output=True,
                           text=True, timeout=60)
 
 

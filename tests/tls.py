@@ -24,7 +24,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 def make_ca_and_server(folder: Path, name: str = "127.0.0.1") -> dict[str, Path]:
     """Writes ca.pem, server.pem, server.key, client.pem, client.key into folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nhjc test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PROFILES", "SEASONS", "UTC_OFFSET_S", "profile_index", "season_index", "shape"]
+__all__ = [
+    "PROFILES", "SEASONS", "UTC_OFFSET_S", "peak_factor", "profile_index", "season_index", "shape",
+]
 
 UTC_OFFSET_S = 8 * 3600
 
@@ -90,3 +92,9 @@ def shape(times: np.ndarray, profiles: np.ndarray, seasons: np.ndarray) -> np.nd
     peak = np.array([_SEASONAL[s][1] for s in SEASONS])[:, None]
     seasonal = 1.0 + amp * np.cos(2 * np.pi * (doy[None, :] - peak) / 365.25)  # (S, K)
     return (by_profile[profiles] * seasonal[seasons]).T
+
+
+def peak_factor(profile: str, season: str) -> float:
+    """The largest factor ``shape`` can give for this profile and season (before noise)."""
+    i = profile_index(profile)
+    return float(_H[i].max() * _W[i].max() * (1.0 + _SEASONAL[season][0]))
