@@ -18,7 +18,7 @@ import numpy as np
 
 from ingest.batch import CODE_LEN, ENTERPRISE_LEN, Quarantined, ReadingBatch
 
-__all__ = ["Store", "copy_data"]
+__all__ = ["Store", "copy_data", "last_per_key"]
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _TRAILER = (-1).to_bytes(2, "big", signed=True)
@@ -31,30 +31,27 @@ _COPY_DTYPE = np.dtype(
         ("l_value", ">i4"), ("value", ">f8"),
         ("l_quality", ">i4"), ("quality", ">i2"),
         ("l_received_at", ">i4"), ("received_at", ">i8"),
-        ("l_seq", ">i4"), ("seq", ">i4"),
     ]
 )
 _LENGTHS = {"enterprise": ENTERPRISE_LEN, "code": CODE_LEN, "ts": 8, "value": 8,
-            "quality": 2, "received_at": 8, "seq": 4}
+            "quality": 2, "received_at": 8}
 
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS nhjc_staging (
     enterprise text, code text, ts bigint, value double precision,
-    quality smallint, received_at bigint, seq integer
+    quality smallint, received_at bigint
 ) ON COMMIT DELETE ROWS
 """
 
-# Within a batch the last copy of a key wins (a gateway's correction arrives later); a
-# stored row is rewritten only when the value differs, so a redelivery changes nothing.
+# Staged keys are unique (see last_per_key); a stored row is rewritten only when the
+# value differs, so a redelivery changes nothing.
 _MERGE = """
 WITH staged AS (
-    SELECT DISTINCT ON (enterprise, code, ts)
-           enterprise, code,
+    SELECT enterprise, code,
            'epoch'::timestamptz + ts * interval '1 microsecond' AS ts,
            value, quality,
            'epoch'::timestamptz + received_at * interval '1 microsecond' AS received_at
     FROM nhjc_staging
-    ORDER BY enterprise, code, ts, seq DESC
 ), written AS (
     INSERT INTO readings AS r (enterprise, code, ts, value, quality, received_at)
     SELECT * FROM staged
@@ -72,15 +69,27 @@ SELECT count(*) FROM written
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def last_per_key(rows: np.ndarray) -> np.ndarray:
+    """One row per (enterprise, code, ts), the last in arrival order (a gateway's
+    correction comes after the value it corrects), sorted by key: INSERT ... ON CONFLICT
+    may not touch a row twice, and sorted keys are kinder to the index."""
+    if len(rows) < 2:
+        return rows
+    order = np.lexsort((np.arange(len(rows)), rows["ts"], rows["code"], rows["enterprise"]))
+    s = rows[order]
+    last = np.ones(len(s), bool)
+    last[:-1] = (s["enterprise"][1:] != s["enterprise"][:-1]) | (s["code"][1:] != s["code"][:-1]) | (
+        s["ts"][1:] != s["ts"][:-1])
+    return s[last]
+
+
 def copy_data(rows: np.ndarray) -> bytes:
     """PostgreSQL binary COPY data for staging rows, built column-wise with numpy."""
     out = np.empty(len(rows), _COPY_DTYPE)
     out["nfields"] = len(_LENGTHS)
     for name, length in _LENGTHS.items():
         out[f"l_{name}"] = length
-        if name != "seq":
-            out[name] = rows[name]
-    out["seq"] = np.arange(len(rows), dtype=np.int32)
+        out[name] = rows[name]
     return _HEADER + out.tobytes() + _TRAILER
 
 
@@ -102,7 +111,7 @@ class Store:
             if len(batch.rows):
                 await conn.execute(_STAGING)
                 await conn.copy_to_table(
-                    "nhjc_staging", source=io.BytesIO(copy_data(batch.rows)), format="binary"
+                    "nhjc_staging", source=io.BytesIO(copy_data(last_per_key(batch.rows))), format="binary"
                 )
                 written = await conn.fetchval(_MERGE)
             if batch.quarantine:

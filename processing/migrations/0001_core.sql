@@ -41,7 +41,8 @@ CREATE TABLE readings (
     received_at  timestamptz NOT NULL,
     PRIMARY KEY (enterprise, code, ts)
 );
-SELECT create_hypertable('readings', by_range('ts', INTERVAL '1 day'));
+-- The primary key serves every lookup (by item and time); no separate time index.
+SELECT create_hypertable('readings', by_range('ts', INTERVAL '1 day'), create_default_indexes => false);
 
 -- revision changes whenever a row's value, kgce, valid or coverage changes, so the
 -- uplink can tell which periods a target has not yet received in their latest form.

@@ -1,0 +1,46 @@
+"""The store on a real TimescaleDB: duplicates, corrections, pending work, quarantine."""
+
+import asyncpg
+import numpy as np
+
+from ingest.batch import READING_DTYPE, Quarantined, ReadingBatch
+from processing.store import Store, last_per_key
+
+ENT = b"91350100M000100Y43"
+A, B = b"01-00-0000-023300-01", b"01-00-0000-023300-02"
+T = 1_764_303_300_000_000
+
+
+def rows(*spec: tuple[bytes, int, float]) -> np.ndarray:
+    out = np.zeros(len(spec), READING_DTYPE)
+    for i, (code, ts, value) in enumerate(spec):
+        out[i] = (ENT, code, ts, value, 0, T)
+    return out
+
+
+def test_last_per_key_keeps_the_last_arrival_sorted() -> None:
+    r = last_per_key(rows((B, T, 1.0), (A, T + 60, 2.0), (A, T, 3.0), (B, T, 4.0), (A, T, 5.0)))
+    assert [(c, t - T, v) for c, t, v in zip(r["code"], r["ts"], r["value"], strict=True)] == [
+        (A, 0, 5.0), (A, 60, 2.0), (B, 0, 4.0)]
+
+
+async def test_batches_upsert_and_queue_recompute_only_for_changes(db) -> None:
+    pool = await asyncpg.create_pool(db)
+    try:
+        store = Store(pool)
+        s = 1_000_000
+        assert await store.write(ReadingBatch(rows((A, T, 1.0), (A, T + 60 * s, 2.0), (A, T, 1.5)))) == 2
+        assert await store.write(ReadingBatch(rows((A, T, 1.5), (A, T + 60 * s, 2.0)))) == 0  # redelivery
+        assert await store.write(ReadingBatch(rows((A, T + 60 * s, 2.5), (B, T, 9.0)))) == 2  # a correction
+        got = await pool.fetch("SELECT code, value FROM readings ORDER BY code, ts")
+        assert [(r["code"], r["value"]) for r in got] == [
+            (A.decode(), 1.5), (A.decode(), 2.5), (B.decode(), 9.0)]
+        pending = await pool.fetch("SELECT code, from_ts, to_ts FROM pending_recompute ORDER BY id")
+        assert [(p["code"], p["from_ts"] == p["to_ts"]) for p in pending] == [
+            (A.decode(), False), (A.decode(), True), (B.decode(), True)]
+        q = Quarantined(T, "nhjc/v1/x/y/readings", None, "bad_json", "not JSON", b"\x00\xff")
+        await store.write(ReadingBatch(np.empty(0, READING_DTYPE), [q]))
+        row = await pool.fetchrow("SELECT reason, raw, enterprise FROM quarantine")
+        assert (row["reason"], row["raw"], row["enterprise"]) == ("bad_json", b"\x00\xff", None)
+    finally:
+        await pool.close()
