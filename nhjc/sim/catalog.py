@@ -69,9 +69,10 @@ ENERGIES: dict[str, Energy] = {e.key: e for e in (
     # Raw coal on belt scales that total tonnes; multiplier 1000 gives kg.
     Energy("coal", "0100", "原煤", "kg", 0.7143, None, 99999999.9, 1, 1000, None, "flat"),
     Energy("coke", "0900", "焦炭", "kg", 0.9714, None, 99999999.9, 1, 1000, None, "flat"),
-    # Water is no energy kind: the national table has no code for it.  It gets 9900 (outside
-    # the energy codes) and coefficient 0, so it is monitored but never enters kgce totals.
-    Energy("water", "9900", "新水", "m3", 0.0, 0.0, 99999.99, 2, 1, None, "cooling"),
+    # Water is no energy kind: the energy table has no code for it.  It gets 9900, outside
+    # the energy codes, and no coefficient: nhjc then gives it no kgce and leaves it out of
+    # the enterprise total (a coefficient of 0 would put its coverage into the total's).
+    Energy("water", "9900", "新水", "m3", 0.0, None, 99999.99, 2, 1, None, "cooling"),
 )}
 
 # Equipment-type codes (the "ee" of eeee; the other two digits number the equipment).

@@ -54,6 +54,7 @@ TS_STYLES = ("rfc3339", "unix", "mixed")
 _CT_PRIMARY = (5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800, 1000,
                1200, 1500, 2000, 2500, 3000, 4000, 5000, 6000)
 _MAX_HEADROOM = 1.6  # max per hour = mean rate x peak of the load shape x this
+_GATEWAY_ITEMS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,7 @@ class _Node:
     input_type: int = 4
     weight: float = 1.0              # relative size among siblings
     total: float = 0.0               # mean consumption per hour including children
+    peak: float = 0.0                # largest load factor in its subtree (0: not yet known)
     children: list[_Node] = field(default_factory=list)
 
 
@@ -293,7 +295,8 @@ class _TreeBuilder:
                     level4.append(node)
         root_instants = [self._instant(r) for r in self.roots if r.energy.flow_unit]
         self.candidates = level2 + root_instants + level3 + level4 + [self._instant(n) for n in instants2]
-        self._extra_parents = [n for n in level3 + level2 if n.energy.key == "elec"]
+        self._extra_parents = ([n for n in level3 + level2 if n.energy.key == "elec"]
+                               or [r for r in self.roots if r.energy.key == "elec"])
 
     def select(self, n: int) -> list[_Node]:
         """The roots and the first n - len(roots) candidates; more motors when n asks for more."""
@@ -329,8 +332,10 @@ def _size(node: _Node, total: float, rng: np.random.Generator) -> None:
 
 def _peak(node: _Node) -> float:
     """Largest shape factor found in the node's subtree (its own profile included)."""
-    own = load.peak_factor(node.profile, node.energy.season)
-    return max([own, *(_peak(c) for c in node.children if c.kind != "instant")])
+    if node.peak == 0.0:
+        own = load.peak_factor(node.profile, node.energy.season)
+        node.peak = max([own, *(_peak(c) for c in node.children if c.kind != "instant")])
+    return node.peak
 
 
 def _item(node: _Node, rng: np.random.Generator) -> Item:
@@ -356,11 +361,16 @@ def _item(node: _Node, rng: np.random.Generator) -> Item:
         start = max(0.0, e.rollover - per_hour * float(rng.uniform(0.1, 1.5)))
     else:
         start = e.rollover * float(rng.uniform(0.02, 0.95))
-    scale = 10.0 ** e.decimals
+    # Behind a big CT/PT ratio one register step is a lot of energy: read through the
+    # gateway's protocol the register has more decimals than the display, enough that a
+    # minute's consumption is ten steps or more (else minute readings would jump in steps
+    # that look like spikes).
+    decimals = int(min(4, max(e.decimals, math.ceil(math.log10(600 * mult / max(node.total, 1e-9))))))
+    scale = 10.0 ** decimals
     return Item(node.code, node.name, e.code, e.unit, "cumulative", mult, e.rollover, 0.0, mx,
                 node.scope, node.input_type, e.coefficient, rate=own, parent=parent,
                 profile=node.profile, season=e.season, start=math.floor(start * scale) / scale,
-                decimals=e.decimals)
+                decimals=decimals)
 
 
 def _enterprise(rng: np.random.Generator, industry: Industry, code: str, name: str, region: str,
@@ -386,9 +396,13 @@ def _enterprise(rng: np.random.Generator, industry: Industry, code: str, name: s
     groups: dict[int, list[Item]] = {}
     for node in nodes:
         groups.setdefault(node.group % n_gw, []).append(_item(node, rng))
+    # A gateway serves at most _GATEWAY_ITEMS items, which keeps its retained items
+    # message well under the broker's message size limit.
+    chunks = [groups[g][i:i + _GATEWAY_ITEMS] for g in sorted(groups)
+              for i in range(0, len(groups[g]), _GATEWAY_ITEMS)]
     gateways = tuple(
         Gateway(f"gw{k + 1:02d}", str(rng.choice(TS_STYLES, p=[0.6, 0.25, 0.15])), tuple(items))
-        for k, items in enumerate(groups[g] for g in sorted(groups))
+        for k, items in enumerate(chunks)
     )
     return Enterprise(code, name, region, industry.key, round(tce, 1), gateways)
 

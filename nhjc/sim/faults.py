@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from nhjc.sim.frames import rfc3339
+
 __all__ = [
     "DEFAULT_RATES",
     "FAULT_KINDS",
@@ -34,10 +36,10 @@ __all__ = [
 ]
 
 FAULT_KINDS = ("gaps", "resets", "spikes", "duplicates", "late", "malformed", "foreign")
-# Per gateway and tick (data faults) or per frame (frame faults).  Low enough that a demo
-# still shows mostly clean data; --fault-rate or kind=rate raises them.
+# gaps: the share of readings lost; resets and spikes: per gateway and tick; the others:
+# per frame.  Low enough that a demo still shows mostly clean data.
 DEFAULT_RATES: dict[str, float] = {
-    "gaps": 0.002, "resets": 0.0005, "spikes": 0.001, "duplicates": 0.01, "late": 0.01,
+    "gaps": 0.01, "resets": 0.0005, "spikes": 0.001, "duplicates": 0.01, "late": 0.01,
     "malformed": 0.01, "foreign": 0.002,
 }
 # Quarantine reasons of ingest a broken frame or topic produces (the whole frame goes).
@@ -94,6 +96,9 @@ class FaultSpec:
         return any(self.rates.values())
 
 
+NO_FAULTS = FaultSpec()
+
+
 def bad_reading(reason: str, rng: np.random.Generator, *, code: str, t: int, value: float,
                 unknown_code: str) -> dict[str, object]:
     """One reading ingest must quarantine for ``reason`` (a READING_REASONS entry), shaped
@@ -102,7 +107,6 @@ def bad_reading(reason: str, rng: np.random.Generator, *, code: str, t: int, val
     if reason == "unknown_item":  # a meter added on site but not to the items config
         return {"code": unknown_code, "ts": t, "value": value}
     if reason == "bad_timestamp":
-        from nhjc.sim.frames import rfc3339
         ts: object = (
             rfc3339(t).replace("T", " ")[:19],  # no offset: local or UTC? unreadable
             t * 1000,                           # milliseconds where seconds belong

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import orjson
 
-__all__ = ["CST", "Limits", "encode", "pack", "readings", "rfc3339"]
+__all__ = ["CST", "DEFAULT_LIMITS", "Limits", "pack", "readings", "rfc3339"]
 
 CST = timezone(timedelta(hours=8))  # China Standard Time, what gateways stamp
 
@@ -26,6 +26,9 @@ class Limits:
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 4096 or self.max_readings < 2:
             raise ValueError("frame limits too small to be useful")
+
+
+DEFAULT_LIMITS = Limits()
 
 
 def rfc3339(t: float) -> str:
@@ -52,10 +55,6 @@ def readings(codes: Sequence[str], times: np.ndarray, values: np.ndarray, mask: 
         out.extend({"code": c, "ts": s, "value": v}
                    for c, s, v, o in zip(codes, stamps, row, ok, strict=True) if o)
     return out
-
-
-def encode(seq: int, sent_at: float, items: list[dict[str, object]]) -> bytes:
-    return orjson.dumps({"v": 1, "seq": seq, "sent_at": rfc3339(sent_at), "readings": items})
 
 
 def pack(items: list[dict[str, object]], limits: Limits, *, spare: int = 0,

@@ -8,6 +8,8 @@ daylight saving), where all simulated enterprises are.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = [
@@ -94,6 +96,7 @@ def shape(times: np.ndarray, profiles: np.ndarray, seasons: np.ndarray) -> np.nd
     return (by_profile[profiles] * seasonal[seasons]).T
 
 
+@functools.cache
 def peak_factor(profile: str, season: str) -> float:
     """The largest factor ``shape`` can give for this profile and season (before noise)."""
     i = profile_index(profile)

@@ -48,7 +48,11 @@ class Meters:
         values = np.where(kind == KIND_INSTANT, flow, total)
         done_resets, done_spikes = [], []
         for k, i, start in resets:
-            if kind[i] != KIND_CUMULATIVE:
+            shown = np.fmod(path[k, i], self.rollover[i])
+            # Only a register that has counted something can drop; and just below the wrap,
+            # a drop to zero would be a rollover, not a reset.
+            floor = 0.01 * self.rollover[i] if np.isfinite(self.rollover[i]) else 100.0
+            if kind[i] != KIND_CUMULATIVE or not floor < shown < 0.9 * self.rollover[i]:
                 continue
             path[k:, i] += start - path[k, i]  # a new meter: the register starts again
             done_resets.append((k, i))
