@@ -9,8 +9,19 @@ why the periods resting on it are not ``valid``.  Bit values are part of the sto
 from __future__ import annotations
 
 __all__ = [
-    "EARLY", "LATE", "NON_FINITE", "OUT_OF_RANGE", "ROLLOVER", "RESET", "SPIKE", "STUCK",
-    "INGEST_FLAGS", "PROCESSING_FLAGS", "SUSPECT", "FLAG_NAMES", "names",
+    "EARLY",
+    "FLAG_NAMES",
+    "INGEST_FLAGS",
+    "LATE",
+    "NON_FINITE",
+    "OUT_OF_RANGE",
+    "PROCESSING_FLAGS",
+    "RESET",
+    "ROLLOVER",
+    "SPIKE",
+    "STUCK",
+    "SUSPECT",
+    "names",
 ]
 
 EARLY = 1  # ts ahead of its arrival by more than the tolerance (set by ingest)

@@ -26,6 +26,7 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
     $SUDO chown mosquitto: /run/mosquitto /var/lib/mosquitto /var/log/mosquitto 2>/dev/null || true
     $SUDO mosquitto -d -c /etc/mosquitto/mosquitto.conf
 fi
+command -v prometheus >/dev/null || apt_install prometheus
 
 # --- PostgreSQL 15 -----------------------------------------------------------------
 PGVER=15

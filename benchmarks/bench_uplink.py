@@ -1,0 +1,83 @@
+"""Uplink throughput: a backlog of periods in a real TimescaleDB delivered to a local
+mock platform over HTTP, for each flavour.  Prints records/s from the first enqueue to
+the last acknowledgement (the mock runs in the same process, so this is a floor).
+
+    .venv/bin/python -m benchmarks.bench_uplink [--enterprises 100] [--items 50] [--periods 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import timedelta
+
+import asyncpg
+
+from ingest.credit_code import check_character
+from tests.services import drop_database, migrated_database
+from tests.test_uplink_support import PIN, SM4_KEY, TZ_NAME, FakeClock, local, target
+from uplink.mock_platform import MockPlatform
+from uplink.runner import Uplink
+
+START = local(2026, 11, 28, 8, 0)
+
+
+def enterprise(i: int) -> str:
+    first = f"91340100{i:09d}"
+    return first + check_character(first)
+
+
+async def seed(dsn: str, n_ent: int, n_items: int, n_periods: int) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = [(enterprise(e), f"01-00-{i // 100:04d}-023300-{i % 100:02d}", 0,
+                 START + timedelta(minutes=15 * p), float(e + i + p))
+                for e in range(n_ent) for i in range(n_items) for p in range(n_periods)]
+        await conn.copy_records_to_table(
+            "consumption", records=[(*r, r[4], True, 1.0) for r in rows],
+            columns=["enterprise", "code", "stat_type", "period_start", "value", "kgce", "valid", "coverage"])
+        return len(rows)
+    finally:
+        await conn.close()
+
+
+async def deliver(dsn: str, flavour: str, expected: int, n_periods: int, concurrency: int) -> float:
+    clock = FakeClock(START + timedelta(minutes=15 * n_periods + 2))
+    async with MockPlatform(name=flavour, password=PIN, sm4_key=SM4_KEY) as platform:
+        pool = await asyncpg.create_pool(dsn, min_size=2, max_size=6)
+        try:
+            settings = target(platform.url, flavour=flavour, batch_size=200, concurrency=concurrency,
+                              backfill_days=1)
+            uplink = Uplink(pool, {flavour: settings}, timezone=TZ_NAME, clock=clock, interval_s=0.01)
+            stop = asyncio.Event()
+            t = time.perf_counter()
+            task = asyncio.create_task(uplink.run(stop))
+            while platform.stats()["records"] < expected:
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - t
+            stop.set()
+            await task
+        finally:
+            await pool.close()
+    return elapsed
+
+
+async def main(args: argparse.Namespace) -> None:
+    for flavour, concurrency in (("gbt37947", 4), ("token", 16)):
+        dsn = await migrated_database()
+        try:
+            n = await seed(dsn, args.enterprises, args.items, args.periods)
+            elapsed = await deliver(dsn, flavour, n, args.periods, concurrency)
+            print(f"{flavour:9s} {n:7d} records in {elapsed:6.2f} s: {n / elapsed:8.0f} records/s "
+                  f"(concurrency {concurrency})")
+        finally:
+            await drop_database(dsn)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--enterprises", type=int, default=100)
+    p.add_argument("--items", type=int, default=50)
+    p.add_argument("--periods", type=int, default=8)
+    asyncio.run(main(p.parse_args()))

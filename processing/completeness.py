@@ -1,0 +1,220 @@
+"""Today's data completeness, the platforms' first quality score (DOMAIN.md: received ÷
+expected values, at least 90 %), computed from the database and exported as a few
+bounded Prometheus gauges.
+
+Exactly what is counted, for the local day that contains ``now`` (``processing.timezone``):
+
+- **quarters**: the 15-minute real-time periods of today that have *settled*, i.e. that
+  start at local midnight or later and end at least ``settle_s`` before ``now`` (the
+  aggregator needs the first reading after a period's end to close it).  Between
+  midnight and midnight + 15 min + ``settle_s`` no period has settled yet;
+- **expected values** of an enterprise: its items in the registry (``items``, every
+  kind) × quarters.  An item added during the day is expected from midnight on;
+- **received values**: rows of ``consumption`` with ``stat_type = 0``, a code that is
+  in the registry (so never the total ``0000``), ``coverage > 0`` (at least part of the
+  period is measured), starting in one of those quarters;
+- an enterprise's **ratio** is received ÷ expected; the **overall ratio** is the sum of
+  received over the sum of expected (every value weighs the same, as the platforms
+  count them).  Nothing expected yet gives no ratio (NaN for the overall gauge, and the
+  enterprise is left out of the bands).
+
+The Grafana table "Completeness today, by enterprise" (config/grafana/dashboards/
+energy.json) runs this query with ``now()``, the ``$tz`` constant and a 900 s settle
+written in; tests/test_observability.py shows both give the same figures.
+
+Metrics (all bounded: no enterprise or item ever becomes a label):
+
+- ``nhjc_completeness_ratio``: the overall ratio;
+- ``nhjc_completeness_values{kind="expected"|"received"}``: the two sums;
+- ``nhjc_enterprises_by_completeness{band="<50%"|"50-90%"|">=90%"}``: enterprises per band;
+- ``nhjc_completeness_updated_timestamp_seconds``: when the last update succeeded;
+- ``nhjc_completeness_errors_total``: updates that failed (the database was away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = [
+    "BANDS", "QUARTER_S", "TODAY_SQL", "Completeness", "CompletenessMetrics",
+    "CompletenessUpdater", "EnterpriseCompleteness", "band", "completeness_today",
+]
+
+log = logging.getLogger("nhjc.completeness")
+
+QUARTER_S = 900
+BANDS = ("<50%", "50-90%", ">=90%")
+DEFAULT_SETTLE_S = 900.0
+
+# $1 time zone, $2 now, $3 settle seconds.  One row per enterprise of the registry.
+TODAY_SQL = """
+WITH day AS (
+    SELECT d AS day_start,
+           d + floor(greatest(extract(epoch FROM ($2::timestamptz - make_interval(secs => $3::float8)) - d), 0)
+                     / 900) * interval '15 minutes' AS cutoff
+    FROM (SELECT date_trunc('day', $2::timestamptz AT TIME ZONE $1::text) AT TIME ZONE $1::text AS d) AS t
+), registry AS (
+    SELECT enterprise, count(*) AS items FROM items GROUP BY enterprise
+), received AS (
+    SELECT c.enterprise, count(*) AS n
+    FROM consumption c
+    JOIN items i ON i.enterprise = c.enterprise AND i.code = c.code
+    CROSS JOIN day
+    WHERE c.stat_type = 0 AND c.coverage > 0
+      AND c.period_start >= day.day_start AND c.period_start < day.cutoff
+    GROUP BY c.enterprise
+)
+SELECT r.enterprise,
+       r.items,
+       (extract(epoch FROM day.cutoff - day.day_start) / 900)::bigint AS quarters,
+       r.items * (extract(epoch FROM day.cutoff - day.day_start) / 900)::bigint AS expected,
+       coalesce(v.n, 0) AS received
+FROM registry r CROSS JOIN day LEFT JOIN received v ON v.enterprise = r.enterprise
+ORDER BY r.enterprise
+"""
+
+
+def band(ratio: float) -> str:
+    """The band of an enterprise's ratio: ``<50%``, ``50-90%`` or ``>=90%``."""
+    if ratio < 0.5:
+        return BANDS[0]
+    if ratio < 0.9:
+        return BANDS[1]
+    return BANDS[2]
+
+
+@dataclass(frozen=True, slots=True)
+class EnterpriseCompleteness:
+    enterprise: str
+    items: int
+    expected: int
+    received: int
+
+    @property
+    def ratio(self) -> float | None:
+        return self.received / self.expected if self.expected else None
+
+
+@dataclass(frozen=True, slots=True)
+class Completeness:
+    """Today's completeness at ``now``: ``quarters`` settled periods since midnight."""
+
+    now: datetime
+    quarters: int
+    enterprises: tuple[EnterpriseCompleteness, ...]
+
+    @property
+    def expected(self) -> int:
+        return sum(e.expected for e in self.enterprises)
+
+    @property
+    def received(self) -> int:
+        return sum(e.received for e in self.enterprises)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.received / self.expected if self.expected else None
+
+    def bands(self) -> dict[str, int]:
+        counts = dict.fromkeys(BANDS, 0)
+        for e in self.enterprises:
+            if e.ratio is not None:
+                counts[band(e.ratio)] += 1
+        return counts
+
+
+async def completeness_today(db: asyncpg.Pool | asyncpg.Connection, *, timezone: str,
+                             now: datetime | None = None,
+                             settle_s: float = DEFAULT_SETTLE_S) -> Completeness:
+    """Today's completeness (see the module's docstring for exactly what counts)."""
+    now = now or datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be an aware datetime")
+    rows = await db.fetch(TODAY_SQL, timezone, now, float(settle_s))
+    quarters = int(rows[0]["quarters"]) if rows else 0
+    return Completeness(now=now, quarters=quarters, enterprises=tuple(
+        EnterpriseCompleteness(r["enterprise"], int(r["items"]), int(r["expected"]), int(r["received"]))
+        for r in rows))
+
+
+class CompletenessMetrics:
+    """The completeness updater's named events: computed and failed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ratio = Gauge(
+            "nhjc_completeness_ratio",
+            "Today's received / expected real-time values over all enterprises (NaN until a period settles)",
+            registry=registry)
+        self.values = Gauge(
+            "nhjc_completeness_values", "Today's expected and received real-time values",
+            ["kind"], registry=registry)
+        self.enterprises = Gauge(
+            "nhjc_enterprises_by_completeness", "Enterprises by today's completeness band",
+            ["band"], registry=registry)
+        self.updated = Gauge(
+            "nhjc_completeness_updated_timestamp_seconds", "Unix time of the last successful update",
+            registry=registry)
+        self.errors = Counter(
+            "nhjc_completeness_errors_total", "Completeness updates that failed", registry=registry)
+        # Every series exists from the start, so a panel or an alert never sees "no data".
+        self.ratio.set(math.nan)
+        for kind in ("expected", "received"):
+            self.values.labels(kind).set(0)
+        for b in BANDS:
+            self.enterprises.labels(b).set(0)
+
+    def computed(self, c: Completeness) -> None:
+        ratio = c.ratio
+        self.ratio.set(math.nan if ratio is None else ratio)
+        self.values.labels("expected").set(c.expected)
+        self.values.labels("received").set(c.received)
+        for b, n in c.bands().items():
+            self.enterprises.labels(b).set(n)
+        self.updated.set(time.time())
+        log.debug("completeness: %d of %d values over %d quarters (%s)", c.received, c.expected,
+                  c.quarters, "n/a" if ratio is None else f"{ratio:.1%}")
+
+    def failed(self, exc: BaseException) -> None:
+        self.errors.inc()
+        log.warning("completeness not updated: %s", exc)
+
+
+class CompletenessUpdater:
+    """Recomputes today's completeness every ``interval_s`` and sets the gauges.
+
+    Takes the pool and the registry from the composition root; the database being away
+    is counted and retried at the next interval, never fatal."""
+
+    def __init__(self, pool: asyncpg.Pool, registry: CollectorRegistry, *, timezone: str,
+                 settle_s: float = DEFAULT_SETTLE_S) -> None:
+        self._pool = pool
+        self._timezone = timezone
+        self._settle_s = settle_s
+        self.metrics = CompletenessMetrics(registry)
+        self.last: Completeness | None = None
+
+    async def update(self, now: datetime | None = None) -> Completeness:
+        c = await completeness_today(self._pool, timezone=self._timezone, now=now, settle_s=self._settle_s)
+        self.metrics.computed(c)
+        self.last = c
+        return c
+
+    async def run(self, stop: asyncio.Event, interval_s: float = 60.0) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be positive")
+        while not stop.is_set():
+            try:
+                await self.update()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self.metrics.failed(exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)

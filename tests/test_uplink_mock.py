@@ -1,0 +1,197 @@
+"""The mock platform over real HTTP: what it accepts, what it refuses and why, how it
+counts resends, and how it can be told to misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.services import ROOT
+from tests.test_uplink_support import E1, E2, GAS, PIN, POWER, SM4_KEY, control, get_json
+from uplink.mock_platform import MockPlatform
+from uplink.sm4_pin import encrypt_pin
+
+# The fixtures live in the session's loop (asyncio_default_fixture_loop_scope); so do the tests.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest.fixture
+async def platform() -> AsyncIterator[MockPlatform]:
+    async with MockPlatform(name="test", password=PIN, sm4_key=SM4_KEY) as p:
+        yield p
+
+
+async def post(url: str, body: Any, **kw: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as s, s.post(url, json=body, **kw) as r:
+        return r.status, await r.json(content_type=None)
+
+
+def rec(**over: Any) -> dict[str, Any]:
+    r = {"dataCode": POWER, "dataValue": 1234.5, "inputType": 4, "statType": 0,
+         "statDate": "2026-11-28 12:00:00", "uploadDate": "2026-11-28 12:16:02", "scope": 2, "valid": True}
+    r.update(over)
+    return r
+
+
+async def registered(p: MockPlatform, enterprise: str = E1) -> dict[str, Any]:
+    status, reply = await post(p.url + "/register", {"enterpriseCode": enterprise, "region": "340100"})
+    assert status == 200 and reply["responseCode"] == "0", reply
+    items = [{"dataCode": POWER, "name": "电", "energyTypeCode": "3300", "scope": 2, "inputType": 4,
+              "statType": 0, "dataValueMax": 500.0, "dataValueMin": 0},
+             {"dataCode": GAS, "name": "气", "energyTypeCode": "1500", "scope": 1, "inputType": 4,
+              "statType": 0}]
+    status, ok = await post(reply["centerInfoURL"], {"enterpriseCode": enterprise, "deviceId": reply["deviceId"],
+                                                      "collectItemConfig": items})
+    assert status == 200 and ok["responseCode"] == "0", ok
+    return reply
+
+
+async def test_register_gives_device_urls_and_upload_time(platform: MockPlatform) -> None:
+    status, reply = await post(platform.url + "/register", {"enterpriseCode": E1, "region": "340100"})
+    assert status == 200
+    assert reply["responseCode"] == "0" and reply["responseMessage"] == "RECEIVE SUCCESS"
+    assert reply["deviceId"] and reply["uploadTime"] == "00:10:00"
+    assert reply["centerInfoURL"] == platform.url + "/config"
+    assert reply["centerDataURL"] == platform.url + "/data"
+    for bad in ({"enterpriseCode": E1[:-1] + "0", "region": "340100"}, {"enterpriseCode": E1, "region": "34"}):
+        status, reply = await post(platform.url + "/register", bad)
+        assert status == 400 and reply["responseMessage"]
+
+
+async def test_data_is_stored_once_and_resends_counted(platform: MockPlatform) -> None:
+    reg = await registered(platform)
+    batch = {"enterpriseCode": E1, "deviceId": reg["deviceId"],
+             "data": [rec(), rec(dataCode=GAS, scope=1, statType=1, statDate="2026-11-27 00:00:00")]}
+    for _ in range(2):
+        status, reply = await post(reg["centerDataURL"], batch)
+        assert (status, reply["responseCode"]) == (200, "0")
+    batch["data"] = [rec(dataValue=1300.0)]  # a corrected value for the same period
+    assert (await post(reg["centerDataURL"], batch))[0] == 200
+    stats = await get_json(platform.url, "/_stats")
+    assert (stats["records"], stats["received"], stats["resends"], stats["changed"]) == (2, 5, 3, 1)
+    records = await get_json(platform.url, "/_records")
+    power = next(r for r in records if r["dataCode"] == POWER)
+    assert power["dataValue"] == 1300.0 and power["count"] == 3
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"dataCode": "01-00-0000-2330-01"}, "dataCode"),
+    ({"dataCode": "01-00-0000-023300-01", "scope": 1}, "scope 1"),
+    ({"statType": 4}, "statType"),
+    ({"statType": "0"}, "statType"),
+    ({"statDate": "2026-11-28 12:07:00"}, "not the start of a 15-minute period"),
+    ({"statDate": "2026-11-28T12:00:00"}, "statDate"),
+    ({"statType": 1, "statDate": "2026-11-28 12:00:00"}, "not the start of a day"),
+    ({"statType": 2, "statDate": "2026-11-02 00:00:00"}, "not the start of a month"),
+    ({"statType": 3, "statDate": "2026-02-01 00:00:00"}, "not the start of a year"),
+    ({"uploadDate": "2026/11/28 12:16:02"}, "uploadDate"),
+    ({"uploadDate": "2026-11-28 12:10:00"}, "before the period"),
+    ({"dataValue": "12.5"}, "dataValue"),
+    ({"dataValue": True}, "dataValue"),
+    ({"inputType": 6}, "inputType"),
+    ({"valid": "yes"}, "valid"),
+    ({"scope": 5}, "scope"),
+])
+async def test_bad_records_are_refused_whole_batch_with_the_reason(
+        platform: MockPlatform, change: dict[str, Any], named: str) -> None:
+    reg = await registered(platform)
+    batch = {"enterpriseCode": E1, "deviceId": reg["deviceId"], "data": [rec(dataCode=GAS, scope=1), rec(**change)]}
+    status, reply = await post(reg["centerDataURL"], batch)
+    assert status == 400, reply
+    assert reply["responseMessage"].startswith("data[1]: ") and named in reply["responseMessage"]
+    stats = await get_json(platform.url, "/_stats")
+    assert stats["records"] == 0 and stats["rejected_requests"] == 1  # the good one was not kept either
+
+
+async def test_not_a_number_and_missing_fields(platform: MockPlatform) -> None:
+    reg = await registered(platform)
+    raw = (f'{{"enterpriseCode": "{E1}", "deviceId": "{reg["deviceId"]}",'
+           f' "data": [{{"dataCode": "{POWER}", "dataValue": NaN}}]}}')
+    async with aiohttp.ClientSession() as s, s.post(reg["centerDataURL"], data=raw) as r:
+        assert r.status == 400 and "NaN" in (await r.json())["responseMessage"]
+    status, reply = await post(reg["centerDataURL"], {"enterpriseCode": E1, "deviceId": reg["deviceId"],
+                                                       "data": [{"dataCode": POWER}]})
+    assert status == 400 and "missing dataValue" in reply["responseMessage"]
+
+
+async def test_data_needs_registration_and_configuration(platform: MockPlatform) -> None:
+    status, reply = await post(platform.url + "/data", {"enterpriseCode": E2, "deviceId": "nope", "data": [rec()]})
+    assert status == 200 and reply["responseCode"] == "2"  # unknown device: retryable
+    _, reg = await post(platform.url + "/register", {"enterpriseCode": E2, "region": "340200"})
+    status, reply = await post(reg["centerDataURL"], {"enterpriseCode": E2, "deviceId": reg["deviceId"],
+                                                      "data": [rec()]})
+    assert status == 200 and reply["responseCode"] == "3" and "not configured" in reply["responseMessage"]
+
+
+async def test_token_flavour(platform: MockPlatform) -> None:
+    status, reply = await post(platform.url + "/token",
+                               {"enterpriseCode": E1, "password": encrypt_pin("999999", E1, bytes.fromhex(SM4_KEY))})
+    assert status == 400 and reply["responseMessage"] == "wrong password"
+    status, reply = await post(platform.url + "/token",
+                               {"enterpriseCode": E1, "password": encrypt_pin(PIN, E1, bytes.fromhex(SM4_KEY))})
+    assert status == 200 and reply["token"]
+    bearer = {"Authorization": f"Bearer {reply['token']}"}
+    assert (await post(platform.url + "/record", {"enterpriseCode": E1, **rec()}))[0] == 401
+    assert (await post(platform.url + "/record", {"enterpriseCode": E2, **rec()}, headers=bearer))[0] == 401
+    status, ok = await post(platform.url + "/record", {"enterpriseCode": E1, **rec()}, headers=bearer)
+    assert (status, ok["responseCode"]) == (200, "0")
+    await control(platform.url, expire_tokens=True)
+    assert (await post(platform.url + "/record", {"enterpriseCode": E1, **rec()}, headers=bearer))[0] == 401
+
+
+async def test_injected_failures(platform: MockPlatform) -> None:
+    body = {"enterpriseCode": E1, "region": "340100"}
+    await control(platform.url, down=True)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await post(platform.url + "/register", body)
+    await control(platform.url, down=False, fail_status=503)
+    assert (await post(platform.url + "/register", body))[0] == 503
+    await control(platform.url, fail_status=None, fail_code="1")
+    status, reply = await post(platform.url + "/register", body)
+    assert (status, reply["responseCode"]) == (200, "1")
+    await control(platform.url, fail_code=None, slow_s=30.0)
+    with pytest.raises(TimeoutError):
+        await post(platform.url + "/register", body, timeout=aiohttp.ClientTimeout(total=0.2))
+    await control(platform.url, slow_s=0.0)
+    assert (await post(platform.url + "/register", body))[0] == 200
+    stats = await get_json(platform.url, "/_stats")
+    assert stats["failed"] == {"down": 1, "status": 1, "code": 1, "slow": 1}
+    async with aiohttp.ClientSession() as s, s.post(platform.url + "/_control", json={"nonsense": 1}) as r:
+        assert r.status == 400
+
+
+async def test_fail_after_goes_down_after_n_data_requests(platform: MockPlatform) -> None:
+    reg = await registered(platform)
+    await control(platform.url, fail_after=1)
+    batch = {"enterpriseCode": E1, "deviceId": reg["deviceId"], "data": [rec()]}
+    assert (await post(reg["centerDataURL"], batch))[0] == 200
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await post(reg["centerDataURL"], batch)
+    assert (await get_json(platform.url, "/_control"))["down"] is True
+
+
+async def test_command_line_runs_a_platform_until_sigterm() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uplink.mock_platform", "--port", "0", "--name", "cli", "--fail-status", "503",
+         "--reject-code", POWER],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        assert line.startswith("mock-platform cli listening on http://127.0.0.1:"), line
+        url = line.split()[-1]
+        stats = await get_json(url, "/_stats")
+        assert stats["name"] == "cli"
+        assert stats["mode"]["fail_status"] == 503 and stats["mode"]["reject_codes"] == [POWER]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0

@@ -1,0 +1,144 @@
+"""The mock platform's checks of what an end device sends (WIRE.md §3, DOMAIN.md).
+
+Written independently of :mod:`uplink.records` on purpose: the mock judges the
+uplink's output, so it must not share the code that produces it.  Each check returns
+the first problem as a short sentence naming the field, or ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from ingest.credit_code import is_valid
+
+__all__ = ["check_config_item", "check_enterprise", "check_record", "parse_platform_time", "record_key"]
+
+_DATA_CODE = re.compile(r"^(\d{2})-(\d{2})-(\d{4})-(\d{6})-(\d{2})$")
+_TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
+_ENERGY = re.compile(r"^\d{4}$")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def parse_platform_time(v: Any) -> datetime | None:
+    """``yyyy-MM-dd HH:mm:ss`` as a naive local datetime, or None."""
+    if not isinstance(v, str) or not _TIME.match(v):
+        return None
+    try:
+        return datetime.strptime(v, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+
+
+def _period_end(stat_type: int, start: datetime) -> datetime:
+    if stat_type == 0:
+        return start + timedelta(minutes=15)
+    if stat_type == 1:
+        return start + timedelta(days=1)
+    if stat_type == 2:
+        return start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
+    return start.replace(year=start.year + 1)
+
+
+def _aligned(stat_type: int, t: datetime) -> bool:
+    if t.second or t.microsecond:
+        return False
+    if stat_type == 0:
+        return t.minute % 15 == 0
+    if t.hour or t.minute:
+        return False
+    if stat_type == 1:
+        return True
+    if stat_type == 2:
+        return t.day == 1
+    return t.day == 1 and t.month == 1
+
+
+def check_enterprise(code: Any) -> str | None:
+    if not isinstance(code, str) or not is_valid(code):
+        return f"enterpriseCode {code!r} is not a valid unified social credit code (GB 32100)"
+    return None
+
+
+def _check_data_code(code: Any, scope: Any) -> str | None:
+    m = _DATA_CODE.match(code) if isinstance(code, str) else None
+    if m is None:
+        return f"dataCode {code!r} is not pp-uu-eeee-cceeee-dd"
+    if scope == 1 and (m.group(1), m.group(2), m.group(3)) != ("00", "00", "0000"):
+        return f"dataCode {code!r} has scope 1 (whole plant) but a process, unit or equipment part"
+    return None
+
+
+def check_record(rec: Any) -> str | None:
+    """One data record: every field present, shaped and consistent."""
+    if not isinstance(rec, dict):
+        return "a record is not a JSON object"
+    missing = [f for f in ("dataCode", "dataValue", "inputType", "statType", "statDate", "uploadDate",
+                           "scope", "valid") if f not in rec]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    st, scope = rec["statType"], rec["scope"]
+    if not _is_int(scope) or not 1 <= scope <= 4:
+        return f"scope {scope!r} is not 1..4"
+    if (problem := _check_data_code(rec["dataCode"], scope)) is not None:
+        return problem
+    if not _is_number(rec["dataValue"]):
+        return f"dataValue {rec['dataValue']!r} is not a finite number"
+    if not _is_int(rec["inputType"]) or not 1 <= rec["inputType"] <= 5:
+        return f"inputType {rec['inputType']!r} is not 1..5"
+    if not _is_int(st) or not 0 <= st <= 3:
+        return f"statType {st!r} is not 0..3"
+    if not (isinstance(rec["valid"], bool) or rec["valid"] in ("0", "1")):
+        return f"valid {rec['valid']!r} is not true/false"
+    stat_date = parse_platform_time(rec["statDate"])
+    if stat_date is None:
+        return f"statDate {rec['statDate']!r} is not yyyy-MM-dd HH:mm:ss"
+    if not _aligned(st, stat_date):
+        what = ("a 15-minute period", "a day", "a month", "a year")[st]
+        return f"statDate {rec['statDate']!r} is not the start of {what} (statType {st})"
+    upload = parse_platform_time(rec["uploadDate"])
+    if upload is None:
+        return f"uploadDate {rec['uploadDate']!r} is not yyyy-MM-dd HH:mm:ss"
+    if upload < _period_end(st, stat_date):
+        return f"uploadDate {rec['uploadDate']!r} is before the period starting {rec['statDate']} ended"
+    return None
+
+
+def check_config_item(item: Any) -> str | None:
+    """One collectItemConfig entry."""
+    if not isinstance(item, dict):
+        return "a configuration entry is not a JSON object"
+    missing = [f for f in ("dataCode", "name", "energyTypeCode", "scope", "inputType", "statType")
+               if f not in item]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not _is_int(item["scope"]) or not 1 <= item["scope"] <= 4:
+        return f"scope {item['scope']!r} is not 1..4"
+    if (problem := _check_data_code(item["dataCode"], item["scope"])) is not None:
+        return problem
+    if not isinstance(item["name"], str) or not item["name"]:
+        return "name is empty"
+    if not isinstance(item["energyTypeCode"], str) or not _ENERGY.match(item["energyTypeCode"]):
+        return f"energyTypeCode {item['energyTypeCode']!r} is not 4 digits"
+    if not _is_int(item["inputType"]) or not 1 <= item["inputType"] <= 5:
+        return f"inputType {item['inputType']!r} is not 1..5"
+    if not _is_int(item["statType"]) or not 0 <= item["statType"] <= 3:
+        return f"statType {item['statType']!r} is not 0..3"
+    for f in ("dataValueMax", "dataValueMin"):
+        if f in item and item[f] is not None and not _is_number(item[f]):
+            return f"{f} {item[f]!r} is not a finite number"
+    return None
+
+
+def record_key(enterprise: str, rec: dict[str, Any]) -> tuple[str, str, int, str]:
+    """What the platform deduplicates on."""
+    return (enterprise, rec["dataCode"], rec["statType"], rec["statDate"])
