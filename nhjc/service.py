@@ -11,6 +11,8 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -25,7 +27,10 @@ from ingest.metrics import IngestMetrics
 from nhjc.http import HttpEndpoint
 from processing.migrate import available
 from processing.registry import known_codes, upsert_items
+from processing.aggregator import Aggregator
+from processing.completeness import CompletenessUpdater
 from processing.store import Store
+from uplink import Uplink
 
 __all__ = ["SchemaError", "Service", "main_run"]
 
@@ -38,6 +43,7 @@ RETRYABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
              asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError,
              asyncpg.SerializationError, asyncpg.QueryCanceledError, TimeoutError)
 SHUTDOWN_GRACE_S = 10.0
+COMPLETENESS_INTERVAL_S = 60.0
 
 
 class SchemaError(RuntimeError):
@@ -62,6 +68,7 @@ class Service:
         self.pool: asyncpg.Pool | None = None
         self.collector: Collector | None = None
         self.http: HttpEndpoint | None = None
+        self.uplink: Uplink | None = None
         self._stopping = asyncio.Event()  # stop reading; drain what is in hand
         self._ingest_done = asyncio.Event()  # everything in hand committed and acknowledged
         self._finished = asyncio.Event()  # every stage has returned
@@ -209,9 +216,25 @@ class Service:
             await self.pool.close()
             self._finished.set()
 
-    def _more_stages(self, stop: asyncio.Event) -> list[tuple[str, object]]:
-        """Stages downstream of the readings: aggregation and uplink."""
-        return []
+    def _more_stages(self, stop: asyncio.Event) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+        """Stages downstream of the readings: aggregation, completeness and uplink.
+        They read their work from the database, so stopping them loses nothing."""
+        assert self.pool is not None
+        s = self.settings
+        p = s.processing
+        aggregator = Aggregator(self.pool, timezone=p.timezone, max_gap_s=p.max_gap_s,
+                                stuck_after_s=p.stuck_after_s, registry=self.registry)
+        completeness = CompletenessUpdater(self.pool, self.registry, timezone=p.timezone)
+        stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("aggregator", aggregator.run(stop, p.interval_ms / 1000)),
+            ("completeness", completeness.run(stop, COMPLETENESS_INTERVAL_S)),
+        ]
+        targets = {name: t for name, t in s.uplink.targets.items() if t.enabled}
+        if targets:
+            self.uplink = Uplink(self.pool, targets, timezone=p.timezone, registry=self.registry,
+                                 interval_s=s.uplink.interval_ms / 1000, settle_s=s.uplink.settle_s)
+            stages.append(("uplink", self.uplink.run(stop)))
+        return stages
 
 
 def main_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -222,7 +245,7 @@ def main_run(args: argparse.Namespace, settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await Service(settings).run(stop)
-        except SchemaError as exc:
+        except (SchemaError, ValueError) as exc:  # ValueError: an uplink target's files or flavour
             print(f"nhjc run: {exc}", file=sys.stderr)
             return 1
         except (OSError, asyncpg.PostgresError) as exc:

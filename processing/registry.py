@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import asyncpg
 
 from ingest.items import ItemSpec
+from processing.aggregator import queue_item_recompute
 
 __all__ = ["known_codes", "upsert_items"]
 
@@ -35,6 +36,9 @@ async def upsert_items(conn: asyncpg.Connection, items: Iterable[ItemSpec], sour
                                       *(rec[f] for f in _FIELDS), source)
             if row is not None:
                 changed += 1
+                # A new multiplier, rollover, range or coefficient changes every period
+                # the item's readings make: recompute them all (nothing when it has none).
+                await queue_item_recompute(conn, item.enterprise, item.code)
                 await conn.execute(
                     "INSERT INTO items_history (enterprise, code, source, item) VALUES ($1, $2, $3, $4::jsonb)",
                     item.enterprise, item.code, source, json.dumps(rec, ensure_ascii=False),
