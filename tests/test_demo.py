@@ -16,8 +16,8 @@ from tests.services import ROOT, free_port
 ACCEPTED = re.compile(r"readings accepted ([\d,]+)")
 
 
-def test_demo_runs_everything_and_stops_cleanly_on_sigint(broker, db, tmp_path) -> None:
-    env = {**os.environ, "NHJC_DATABASE__URL": db, "NHJC_MQTT__URL": broker.url,
+def test_demo_runs_everything_and_stops_cleanly_on_sigint(fresh_broker, db, tmp_path) -> None:
+    env = {**os.environ, "NHJC_DATABASE__URL": db, "NHJC_MQTT__URL": fresh_broker.url,
            "NHJC_METRICS__PORT": str(free_port()),
            "NHJC_MQTT__CLIENT_ID": f"nhjc-demo-test-{uuid.uuid4().hex[:8]}"}
     with open(tmp_path / "stderr.log", "wb") as err:

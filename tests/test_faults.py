@@ -71,7 +71,7 @@ def test_sigkill_with_messages_in_flight_loses_nothing_and_stores_once(broker, d
         wait_count(db, "SELECT count(*) FROM readings", len(expected), timeout=60)
         rows = query(db, "SELECT code, extract(epoch FROM ts)::bigint, value FROM readings")
         assert {(c, t): v for c, t, v in rows} == expected
-        assert count(db, "SELECT count(*) FROM quarantine") == 0
+        assert count(db, "SELECT count(*) FROM quarantine WHERE enterprise = %s", ent) == 0
     finally:
         assert svc2.stop() == 0
         gw.close()

@@ -56,10 +56,14 @@ def test_retained_items_topic_updates_registry(broker, db, tmp_path) -> None:
     gw.items([item("01-00-0000-023300-01", multiplier=50)])
     svc = ServiceProcess(broker.url, db, log=tmp_path / "svc.log").start()
     try:
-        wait_for(lambda: query(db, "SELECT count(*) FROM items")[0][0] == 1, 15, "items from the retained topic")
+        # Other tests' gateways may have left retained items on the shared broker: count ours.
+        wait_for(lambda: query(db, "SELECT count(*) FROM items WHERE enterprise = %s", ent)[0][0] == 1, 15,
+                 "items from the retained topic")
         gw.items([item("01-00-0000-023300-01", multiplier=80), item("01-00-0000-023300-02", kind="instant")])
-        wait_for(lambda: query(db, "SELECT count(*) FROM items_history")[0][0] == 3, 15, "history")
-        assert query(db, "SELECT multiplier, source FROM items WHERE code = '01-00-0000-023300-01'") == [
+        wait_for(lambda: query(db, "SELECT count(*) FROM items_history WHERE enterprise = %s", ent)[0][0] == 3,
+                 15, "history")
+        assert query(db, "SELECT multiplier, source FROM items WHERE enterprise = %s AND code = '01-00-0000-023300-01'",
+                     ent) == [
             (80.0, f"mqtt:nhjc/v1/{ent}/gw-items/items")]
     finally:
         assert svc.stop() == 0
