@@ -37,7 +37,8 @@ pg_running() { pg_lsclusters -h 2>/dev/null | awk -v v=$PGVER '$1==v && $2=="mai
 if ! pg_running; then
     log "starting postgresql"; $SUDO pg_ctlcluster --skip-systemctl-redirect $PGVER main start
 fi
-psql_admin() { $SUDO -u postgres psql -X -q -v ON_ERROR_STOP=1 "$@" 2>/dev/null || psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres "$@"; }
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
+psql_admin() { as_postgres env PGOPTIONS=--client-min-messages=warning psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 # --- TimescaleDB (no binary package in Debian 12: build Debian's source package) ---
 PKGLIB=$(/usr/lib/postgresql/$PGVER/bin/pg_config --pkglibdir)
@@ -80,6 +81,17 @@ if [ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = 'nhjc'")" != 
     psql_admin -c "CREATE DATABASE nhjc OWNER nhjc"
 fi
 psql_admin -d nhjc -c "CREATE EXTENSION IF NOT EXISTS timescaledb"
+
+# The tests and the demo connect over loopback without a password (as the nhjc role,
+# and as postgres to create test databases).  Debian's default asks for one: on such a
+# machine allow it for these two roles on 127.0.0.1 only (a development set-up).
+if ! psql -X -q -h 127.0.0.1 -U nhjc -d nhjc -c "SELECT 1" >/dev/null 2>&1 \
+   || ! psql -X -q -h 127.0.0.1 -U postgres -d postgres -c "SELECT 1" >/dev/null 2>&1; then
+    HBA=$(psql_admin -tAc "SHOW hba_file")
+    log "allowing passwordless loopback connections for nhjc and postgres in $HBA"
+    as_postgres sed -i '1i host all nhjc,postgres 127.0.0.1/32 trust  # nhjc development set-up' "$HBA"
+    psql_admin -c "SELECT pg_reload_conf()" >/dev/null
+fi
 
 # --- Python environment ------------------------------------------------------------
 PY=${PYTHON:-python3}
