@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from processing.coefficients import coefficient_for
+
 __all__ = [
     "CLASS_CONSUMED", "CLASS_INSTANT", "CLASS_PLANT", "ENERGIES", "EQUIPMENT_TYPES",
     "INDUSTRIES", "REGIONS", "TRADE_NAMES", "Energy", "Equipment", "Industry", "Process",
@@ -46,7 +48,6 @@ class Energy:
     code: str              # 4-digit energy code of DOMAIN.md
     name: str              # Chinese name used in item names
     unit: str              # the item's unit (after the multiplier)
-    kgce: float            # kgce per unit (for sizing; nhjc takes it from its own table)
     coefficient: float | None  # sent as the item's coefficient override, when DOMAIN's
     #                            default for the code would be wrong for this unit
     rollover: float        # register wrap value
@@ -55,24 +56,29 @@ class Energy:
     flow_unit: str | None  # unit of the matching instant item (None: no instant item)
     season: str            # seasonal pattern key (nhjc.sim.load)
 
+    @property
+    def kgce(self) -> float:
+        """kgce per unit, for sizing plants: what nhjc itself will use (0 for water)."""
+        return coefficient_for(self.code, self.coefficient) or 0.0
+
 
 ENERGIES: dict[str, Energy] = {e.key: e for e in (
     # Electricity: 8-digit registers (6 + 2 decimals); the multiplier is the CT x PT ratio.
-    Energy("elec", "3300", "电", "kWh", 0.1229, None, 999999.99, 2, 1, "kW", "cooling"),
+    Energy("elec", "3300", "电", "kWh", None, 999999.99, 2, 1, "kW", "cooling"),
     # Natural gas: flow computers total in m3 with one decimal.
-    Energy("gas", "1500", "天然气", "m3", 1.2143, None, 99999999.9, 1, 1, "m3/h", "heating"),
+    Energy("gas", "1500", "天然气", "m3", None, 99999999.9, 1, 1, "m3/h", "heating"),
     # Purchased heat: heat meters register GJ; multiplier 1000 gives the MJ of DOMAIN.md.
-    Energy("heat", "3200", "热力", "MJ", 0.03412, None, 999999.99, 2, 1000, None, "heating"),
+    Energy("heat", "3200", "热力", "MJ", None, 999999.99, 2, 1000, None, "heating"),
     # Steam is heat (3200) metered in tonnes: low-pressure saturated steam carries about
     # 3.76 GJ/t, i.e. 128.4 kgce/t, so the item carries that coefficient explicitly.
-    Energy("steam", "3200", "蒸汽", "t", 128.4, 128.4, 9999999.99, 2, 1, "t/h", "heating"),
+    Energy("steam", "3200", "蒸汽", "t", 128.4, 9999999.99, 2, 1, "t/h", "heating"),
     # Raw coal on belt scales that total tonnes; multiplier 1000 gives kg.
-    Energy("coal", "0100", "原煤", "kg", 0.7143, None, 99999999.9, 1, 1000, None, "flat"),
-    Energy("coke", "0900", "焦炭", "kg", 0.9714, None, 99999999.9, 1, 1000, None, "flat"),
+    Energy("coal", "0100", "原煤", "kg", None, 99999999.9, 1, 1000, None, "flat"),
+    Energy("coke", "0900", "焦炭", "kg", None, 99999999.9, 1, 1000, None, "flat"),
     # Water is no energy kind: the energy table has no code for it.  It gets 9900, outside
     # the energy codes, and no coefficient: nhjc then gives it no kgce and leaves it out of
     # the enterprise total (a coefficient of 0 would put its coverage into the total's).
-    Energy("water", "9900", "新水", "m3", 0.0, None, 99999.99, 2, 1, None, "cooling"),
+    Energy("water", "9900", "新水", "m3", None, 99999.99, 2, 1, None, "cooling"),
 )}
 
 # Equipment-type codes (the "ee" of eeee; the other two digits number the equipment).
