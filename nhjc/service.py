@@ -25,10 +25,11 @@ from ingest.frames import FrameLimits
 from ingest.items import ItemSpec
 from ingest.metrics import IngestMetrics
 from nhjc.http import HttpEndpoint
-from processing.migrate import available
-from processing.registry import known_codes, upsert_items
 from processing.aggregator import Aggregator
 from processing.completeness import CompletenessUpdater
+from processing.dberrors import RETRYABLE
+from processing.migrate import available
+from processing.registry import known_codes, upsert_items
 from processing.store import Store
 from uplink import Uplink
 
@@ -36,12 +37,6 @@ __all__ = ["SchemaError", "Service", "main_run"]
 
 log = logging.getLogger("nhjc.service")
 
-# What to do next when a write fails: these are worth retrying (the database is away or
-# busy); anything else is a fault that stops the service, with nothing acknowledged.
-RETRYABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-             asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-             asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError,
-             asyncpg.SerializationError, asyncpg.QueryCanceledError, TimeoutError)
 SHUTDOWN_GRACE_S = 10.0
 COMPLETENESS_INTERVAL_S = 60.0
 

@@ -42,6 +42,7 @@ from processing.aggregate import (
     gap_tiers,
     totals,
 )
+from processing.dberrors import RETRYABLE
 from processing.itemtable import CUMULATIVE, INSTANT, TOTAL_CODE, ItemTable
 from processing.metrics import ProcessingMetrics
 from processing.periods import DAY, MONTH, QUARTER, QUARTER_US, TIERS, YEAR, Calendar
@@ -322,7 +323,7 @@ class Aggregator:
         while not stop.is_set():
             try:
                 done = await self.run_once()
-            except (TimeoutError, asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            except RETRYABLE as exc:
                 self.metrics.run_failed()
                 log.warning("aggregator run failed, retrying in %.1fs: %s", self._error_pause_s, exc)
                 await self._sleep(stop, self._error_pause_s)

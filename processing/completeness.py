@@ -44,6 +44,8 @@ from datetime import UTC, datetime
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from processing.dberrors import RETRYABLE
+
 __all__ = [
     "BANDS", "QUARTER_S", "TODAY_SQL", "Completeness", "CompletenessMetrics",
     "CompletenessUpdater", "EnterpriseCompleteness", "band", "completeness_today",
@@ -214,7 +216,7 @@ class CompletenessUpdater:
         while not stop.is_set():
             try:
                 await self.update()
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*RETRYABLE, asyncpg.PostgresError) as exc:
                 self.metrics.failed(exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)

@@ -43,6 +43,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from config.settings import TargetSettings
+from processing.dberrors import RETRYABLE
 from uplink.adapters import FLAVOURS, Adapter, Registration, make_adapter
 from uplink.errors import RejectedError, RetryableError
 from uplink.http import client_ssl_context
@@ -142,7 +143,7 @@ class TargetRunner:
                     await self._plan()
                     busy = await self._send_round(stop)
                     await self._housekeeping()
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                except RETRYABLE as exc:
                     log.warning("uplink %s: database trouble, trying again: %s", self.name, exc)
                 except Exception:  # a bug must not silence the target for good
                     log.exception("uplink %s: unexpected error, trying again", self.name)
