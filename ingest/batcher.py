@@ -1,5 +1,11 @@
 """Gathers decoded messages into batches for the store: up to ``batch_rows`` readings
-or ``batch_ms`` after the first message, whichever comes first."""
+or ``batch_ms`` after the first message, whichever comes first.
+
+Every message ends as a batch part carrying its handle, whatever its content: an error
+while decoding or validating it becomes a ``decode_failed`` quarantine row, items the
+database refuses a ``bad_item`` row.  Only the database being away holds a message up
+(its calls here are retried until they succeed); nothing a gateway sends stops the loop.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,39 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from ingest.batch import Quarantined, ReadingBatch
+from ingest.batch import Quarantined, ReadingBatch, Source, error_detail
 from ingest.collector import Message
 from ingest.frames import FrameLimits, decode_readings
 from ingest.items import ItemsError, ItemSpec, parse_items_payload
+from ingest.metrics import IngestMetrics
 from ingest.topics import Topic, TopicError, parse_topic
+from processing.dberrors import is_retryable
 
 __all__ = ["Batcher", "RegistryCache"]
 
 log = logging.getLogger("nhjc.batcher")
+
+T = TypeVar("T")
+
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 5.0
+
+
+async def retrying(what: str, op: Callable[[], Awaitable[T]]) -> T:
+    """``op()`` until it succeeds, waiting between tries while the database is away;
+    an error that is not the infrastructure's is raised at once (retrying it would loop)."""
+    delay = RETRY_MIN_S
+    while True:
+        try:
+            return await op()
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, type(exc).__name__, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX_S)
 
 
 class RegistryCache:
@@ -55,10 +84,12 @@ class Batcher:
         limits: FrameLimits,
         batch_rows: int,
         batch_ms: int,
+        metrics: IngestMetrics,
     ) -> None:
         self._queue = queue
         self._registry = registry
-        self._apply_items = apply_items
+        self._apply_items = apply_items  # all of one message's items in one transaction
+        self._metrics = metrics
         self._limits = limits
         self._batch_rows = batch_rows
         self._batch_s = batch_ms / 1000
@@ -101,9 +132,20 @@ class Batcher:
 
     async def decode(self, msg: Message) -> ReadingBatch:
         """One message into a batch part (rows and/or quarantine), carrying its handle."""
-        part = await self._decode(msg)
+        try:
+            part = await self._decode(msg)
+        except Exception as exc:  # a fault of this message's content (or of our decoder)
+            part = self._failed(msg, exc)
         part.handles.append(msg.handle)
+        part.sources.append(Source(msg.topic, _enterprise_of(msg.topic), msg.received_at_us, msg.payload,
+                                   len(part.rows), len(part.quarantine), part.frames))
         return part
+
+    def _failed(self, msg: Message, exc: Exception) -> ReadingBatch:
+        self._metrics.message_failed("decode", msg.topic, exc)
+        q = Quarantined(msg.received_at_us, msg.topic, _enterprise_of(msg.topic), "decode_failed",
+                        error_detail(exc), msg.payload)
+        return ReadingBatch.empty([q], frames=1)
 
     async def _decode(self, msg: Message) -> ReadingBatch:
         try:
@@ -116,9 +158,16 @@ class Batcher:
         if topic.kind != "readings":
             return ReadingBatch.empty()
         part = self._readings(msg, topic)
-        if any(q.reason == "unknown_item" for q in part.quarantine) and await self._registry.reload():
+        if any(q.reason == "unknown_item" for q in part.quarantine) and await self._reload():
             part = self._readings(msg, topic)  # the registry may have grown elsewhere
         return part
+
+    async def _reload(self) -> bool:
+        try:
+            return await retrying("registry reload", self._registry.reload)
+        except Exception as exc:  # not the message's fault: judge it by the registry in hand
+            log.error("registry reload failed (%s); using the registry in memory", type(exc).__name__)
+            return False
 
     def _readings(self, msg: Message, topic: Topic) -> ReadingBatch:
         return decode_readings(
@@ -127,22 +176,40 @@ class Batcher:
         )
 
     async def _items(self, msg: Message, enterprise: str) -> ReadingBatch:
-        empty = ReadingBatch.empty()
+        part = ReadingBatch.empty()
         if not msg.payload:  # a retained items message being cleared: nothing to apply
-            return empty
+            return part
         try:
             items, bad = parse_items_payload(msg.payload, enterprise)
         except ItemsError as exc:
-            empty.quarantine.append(
+            part.quarantine.append(
                 Quarantined(msg.received_at_us, msg.topic, enterprise, exc.reason, str(exc), msg.payload)
             )
-            return empty
+            return part
         if items:
-            # Applied at once, before the readings that follow it in the stream are judged.
-            await self._apply_items(items, f"mqtt:{msg.topic}")
-            self._registry.add(items)
+            # Applied at once, before the readings that follow it in the stream are judged;
+            # all of the message's items or none of them.
+            source = f"mqtt:{msg.topic}"
+            try:
+                await retrying(f"items from {msg.topic[:200]!a}", lambda: self._apply_items(items, source))
+            except Exception as exc:  # the database refuses this content (e.g. a NUL in a name)
+                self._metrics.message_failed("items", msg.topic, exc)
+                part.quarantine.append(Quarantined(
+                    msg.received_at_us, msg.topic, enterprise, "bad_item",
+                    f"{len(items)} item(s) not applied, refused by the database: {error_detail(exc)}",
+                    msg.payload, "item"))
+            else:
+                self._registry.add(items)
         for i, why, raw in bad:
-            empty.quarantine.append(
+            part.quarantine.append(
                 Quarantined(msg.received_at_us, msg.topic, enterprise, "bad_item", f"items[{i}]: {why}", raw, "item")
             )
-        return empty
+        return part
+
+
+def _enterprise_of(topic: str) -> str | None:
+    """The enterprise a topic names, when it is a valid one (a guard's best effort)."""
+    try:
+        return parse_topic(topic).enterprise
+    except Exception:
+        return None

@@ -3,9 +3,17 @@ reasons are a fixed list, never a topic or an enterprise)."""
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["IngestMetrics"]
+__all__ = ["FAILURE_STAGES", "IngestMetrics"]
+
+log = logging.getLogger("nhjc.ingest")
+
+# Where one message's handling failed: decoding or validating it, applying its items, or
+# storing what it carried.
+FAILURE_STAGES = ("decode", "items", "store")
 
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400, 604800)
 
@@ -35,6 +43,10 @@ class IngestMetrics:
         self.database_up = Gauge("nhjc_database_up", "1 when the last database operation succeeded", registry=registry)
         self.write_retries = Counter(
             "nhjc_write_retries_total", "Batch writes retried after a database error", registry=registry)
+        self.message_errors = Counter(
+            "nhjc_message_errors_total",
+            "Messages whose decoding, items or storing failed with an error that is not the "
+            "infrastructure's, by stage and exception class", ["stage", "error_type"], registry=registry)
 
     def batch_committed(self, *, frames: int, accepted: int, quarantine_reasons: list[tuple[str, str]],
                         seconds: float, reading_lag_s: float | None, receive_lag_s: float | None) -> None:
@@ -53,3 +65,19 @@ class IngestMetrics:
         if receive_lag_s is not None:
             self.lag.labels("receive").observe(max(0.0, receive_lag_s))
         self.database_up.set(1)
+
+    def message_failed(self, stage: str, topic: str, exc: BaseException,
+                       outcome: str = "quarantined") -> None:
+        """One message whose handling raised an error that is its own fault (not the
+        database's or the broker's): counted by exception class, logged with its topic.
+        The traceback goes to the debug log only: a gateway repeating a poison message
+        must not be able to flood the log."""
+        kind = type(exc).__name__
+        self.message_errors.labels(stage, kind).inc()
+        log.warning("message on %s: %s failed (%s); %s", _shown(topic), stage, kind, outcome)
+        log.debug("message on %s: %s failed", _shown(topic), stage, exc_info=exc)
+
+
+def _shown(topic: str) -> str:
+    """A topic for a log line: escaped (it is the sender's text) and bounded."""
+    return ascii(topic[:200])

@@ -18,7 +18,7 @@ import numpy as np
 
 from ingest.batch import CODE_LEN, ENTERPRISE_LEN, Quarantined, ReadingBatch
 
-__all__ = ["Store", "copy_data", "last_per_key"]
+__all__ = ["Store", "copy_data", "last_per_key", "pg_text", "write_quarantine"]
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _TRAILER = (-1).to_bytes(2, "big", signed=True)
@@ -93,9 +93,18 @@ def copy_data(rows: np.ndarray) -> bytes:
     return _HEADER + out.tobytes() + _TRAILER
 
 
+def pg_text(text: str) -> str:
+    """Text PostgreSQL accepts: NUL and what UTF-8 cannot encode (lone surrogates) are
+    written as backslash escapes, everything else unchanged."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _quarantine_record(q: Quarantined) -> tuple[object, ...]:
     received = _EPOCH + timedelta(microseconds=q.received_at_us)
-    return (received, q.topic, q.enterprise, q.reason, q.detail, q.raw)
+    enterprise = None if q.enterprise is None else pg_text(q.enterprise)
+    return (received, pg_text(q.topic), enterprise, q.reason, pg_text(q.detail), bytes(q.raw))
 
 
 class Store:
