@@ -154,7 +154,7 @@ class Service:
         self.metrics.message_failed("store", src.topic, exc)
         attempts = [
             Quarantined(src.received_at_us, src.topic, src.enterprise, "store_rejected", detail, src.payload),
-            Quarantined(src.received_at_us, ascii(src.topic[:200]), None, "store_rejected", detail, src.payload),
+            Quarantined(time.time_ns() // 1000, ascii(src.topic[:200]), None, "store_rejected", detail, src.payload),
         ]
         for q in attempts:
             row = ReadingBatch.empty([q], frames=src.frames)
