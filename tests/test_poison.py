@@ -16,6 +16,7 @@ import uuid
 
 import asyncpg
 import numpy as np
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -290,7 +291,8 @@ POISON = {
 
 
 def test_poison_messages_never_stop_the_service_and_cost_only_themselves(broker, db, tmp_path) -> None:
-    query(db, f"ALTER TABLE readings ADD CONSTRAINT test_refused CHECK (value <> {REFUSED_VALUE})")
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE readings ADD CONSTRAINT test_refused CHECK (value <> {REFUSED_VALUE})")
     good_ents = [enterprise_code(811), enterprise_code(812)]
     bad_ent = enterprise_code(813)
     gws = [Gateway(broker.url, e, gateway="gw-good") for e in good_ents]
