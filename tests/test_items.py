@@ -68,3 +68,57 @@ def test_retained_items_topic_updates_registry(broker, db, tmp_path) -> None:
     finally:
         assert svc.stop() == 0
         gw.close()
+
+
+def one_line(r: subprocess.CompletedProcess[str]) -> str:
+    """The command failed with one line on stderr and no traceback."""
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    return r.stderr
+
+
+def test_items_load_refuses_an_unknown_field_naming_it(db, tmp_path) -> None:
+    # "multipler" for "multiplier": once loaded as multiplier 1, a 12,000-fold undercount.
+    f = tmp_path / "items.json"
+    f.write_text(json.dumps([dict(item("01-00-0000-023300-01"), enterprise=enterprise_code(23), multipler=12000)]))
+    err = one_line(nhjc(db, "items", "load", str(f)))
+    assert "item [0]" in err and "multipler" in err
+    assert query(db, "SELECT count(*) FROM items") == [(0,)]
+
+
+def test_items_load_reads_gb18030_only_when_told(db, tmp_path) -> None:
+    ent = enterprise_code(24)
+    f = tmp_path / "items-gbk.json"
+    f.write_bytes(json.dumps([dict(item("01-00-0000-023300-01"), enterprise=ent, name="一号变压器 总表")],
+                             ensure_ascii=False).encode("gb18030"))
+    err = one_line(nhjc(db, "items", "load", str(f)))
+    assert "not UTF-8" in err and "GB18030" in err and "--encoding gb18030" in err
+    assert query(db, "SELECT count(*) FROM items") == [(0,)]
+    r = nhjc(db, "items", "load", "--encoding", "gb18030", str(f))
+    assert r.returncode == 0, r.stderr
+    assert query(db, "SELECT name FROM items WHERE enterprise = %s", ent) == [("一号变压器 总表",)]
+    bom = tmp_path / "items-bom.json"  # UTF-8 with a byte-order mark, as Notepad saves it
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps([dict(item("01-00-0000-023300-02"), enterprise=ent, name="二号")],
+                                                   ensure_ascii=False).encode())
+    assert nhjc(db, "items", "load", str(bom)).returncode == 0
+    latin = tmp_path / "items-latin1.json"  # not UTF-8 and not Chinese: no GB18030 guess offered
+    latin.write_bytes(json.dumps([dict(item("01-00-0000-023300-03"), enterprise=ent, name="café")],
+                                 ensure_ascii=False).encode("latin-1"))
+    err = one_line(nhjc(db, "items", "load", str(latin)))
+    assert "not UTF-8" in err and "GB18030" not in err and "--encoding" in err
+    assert "unknown encoding" in one_line(nhjc(db, "items", "load", "--encoding", "klingon", str(bom)))
+
+
+def test_items_load_paths_that_are_not_files_get_one_line(db, tmp_path) -> None:
+    assert "is a directory" in one_line(nhjc(db, "items", "load", str(tmp_path)))
+    f = tmp_path / "items.json"
+    f.write_text("[]")
+    assert "cannot read" in one_line(nhjc(db, "items", "load", str(f / "inside")))  # a path through a file
+    assert "no such file" in one_line(nhjc(db, "items", "load", str(tmp_path / "nope.json")))
+
+
+def test_items_load_never_prints_the_database_password(tmp_path) -> None:
+    f = tmp_path / "items.json"
+    f.write_text(json.dumps([dict(item("01-00-0000-023300-01"), enterprise=enterprise_code(25))]))
+    err = one_line(nhjc("postgresql://nhjc:s3cret-Pw0rd@127.0.0.1:9/nhjc", "items", "load", str(f)))
+    assert "s3cret-Pw0rd" not in err and "127.0.0.1:9" in err
