@@ -146,7 +146,7 @@ class Service:
         instead.  Should even that row be refused, a minimal one (ASCII text, the raw bytes
         as bytea); should that be refused too, the message stays unacknowledged (the broker
         redelivers it on the next start) and ingestion goes on: never a loop."""
-        detail = f"refused by the database: {error_detail(exc)}"
+        detail = f"the store refused it: {error_detail(exc)}"
         src = batch.sources[0] if batch.sources else None
         if src is None:  # a batch not from the batcher: nothing to quarantine it as
             self.metrics.message_failed("store", "(unknown)", exc, "left unacknowledged")
