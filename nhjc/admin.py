@@ -11,6 +11,7 @@ import asyncpg
 
 from config.settings import Settings
 from ingest.items import ItemsError, parse_items_file
+from nhjc.startup import DATABASE_ERRORS, database_problem
 from processing.migrate import migrate
 from processing.registry import upsert_items
 
@@ -19,9 +20,9 @@ __all__ = ["main_items", "main_migrate"]
 
 def main_migrate(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        applied = asyncio.run(migrate(settings.database.url))
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"nhjc migrate: database {settings.database.url}: {exc}", file=sys.stderr)
+        applied = asyncio.run(migrate(settings.database.dsn()))
+    except DATABASE_ERRORS as exc:
+        print(f"nhjc migrate: {database_problem(exc, settings.database)}", file=sys.stderr)
         return 1
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
     return 0
@@ -44,15 +45,15 @@ async def _load(dsn: str, path: Path) -> int:
 
 def main_items(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        changed = asyncio.run(_load(settings.database.url, args.file))
+        changed = asyncio.run(_load(settings.database.dsn(), args.file))
     except FileNotFoundError:
         print(f"nhjc items load: no such file {args.file}", file=sys.stderr)
         return 1
     except ItemsError as exc:
         print(f"nhjc items load: {args.file}: {exc}", file=sys.stderr)
         return 1
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"nhjc items load: database {settings.database.url}: {exc}", file=sys.stderr)
+    except DATABASE_ERRORS as exc:
+        print(f"nhjc items load: {database_problem(exc, settings.database)}", file=sys.stderr)
         return 1
     print(f"{changed} item(s) added or changed")
     return 0
