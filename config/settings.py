@@ -60,7 +60,9 @@ def secret_value(secret: SecretStr | None) -> str | None:
     return None if secret is None else secret.get_secret_value()
 
 
-_SECRET_QUERY = re.compile(r"pass", re.IGNORECASE)  # password, sslpassword, passphrase ...
+# URL query parameters holding a secret: password, sslpassword, a token ... (not passfile,
+# which names a file).
+_SECRET_QUERY = re.compile(r"password|secret|token", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
@@ -75,8 +77,8 @@ def redact_url(url: str) -> str:
         user, colon, _ = userinfo.partition(":")
         netloc = f"{user}{':***' if colon else ''}@{hosts}"
     query = "&".join(
-        f"{k}=***" if _SECRET_QUERY.search(k) else f"{k}={v}"
-        for k, v in (pair.partition("=")[::2] for pair in parts.query.split("&") if pair)
+        f"{pair.partition('=')[0]}=***" if _SECRET_QUERY.search(pair.partition("=")[0]) else pair
+        for pair in parts.query.split("&") if pair
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
@@ -235,7 +237,7 @@ class DatabaseSettings(_Section):
                 raise _Fault("url", "holds a password and database.password(_file) is given too: give one")
             given = unquote(in_url) if colon else in_query[-1]
             netloc = f"{user}{at}{hosts}"
-            rest = urlencode([(k, v) for k, v in query if k != "password"])
+            rest = urlencode([(k, v) for k, v in query if k != "password"]) if in_query else parts.query
             self.url = urlunsplit((parts.scheme, netloc, parts.path, rest, parts.fragment))
             self.password = SecretStr(given)
         _from_file(self, "password")

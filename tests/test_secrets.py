@@ -93,6 +93,16 @@ def test_secrets_hide_in_repr_str_and_dumps(no_env: pytest.MonkeyPatch) -> None:
     assert (secret_value(nat.password), secret_value(nat.sm4_key)) == (PIN, SM4)
 
 
+def test_a_password_parameter_in_the_database_url_moves_out_too(no_env: pytest.MonkeyPatch) -> None:
+    no_env.setenv("NHJC_DATABASE__URL",
+                  f"postgresql://db.example/nhjc?sslmode=disable&password={quote(DB_PW, safe='')}")
+    db = load_settings().database
+    assert db.url == "postgresql://db.example/nhjc?sslmode=disable"
+    assert secret_value(db.password) == DB_PW
+    assert db.dsn() == f"postgresql://db.example/nhjc?sslmode=disable&password={quote(DB_PW, safe='')}"
+    assert db.display_url == "postgresql://db.example/nhjc?sslmode=disable&password=***"
+
+
 @pytest.mark.parametrize(("env", "named"), [
     ({"NHJC_UPLINK__TARGETS__NAT__PASSWORD": f"{PIN}x"}, "uplink.targets.nat.password"),
     ({"NHJC_UPLINK__TARGETS__NAT__PASSWORD": PIN, "NHJC_UPLINK__TARGETS__NAT__SM4_KEY": SM4 + "0"},
