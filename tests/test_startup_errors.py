@@ -123,3 +123,10 @@ def test_an_unreachable_broker_waits_not_ready_and_says_so(db, tmp_path) -> None
     finally:
         assert svc.stop() == 0
     assert "Traceback" not in log.read_text()
+
+
+def test_a_metrics_host_we_cannot_listen_on_is_one_line() -> None:
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: nothing else is tried first.
+    result = nhjc("run", env={"NHJC_METRICS__HOST": "192.0.2.1", "NHJC_METRICS__PORT": "9108",
+                              "NHJC_DATABASE__URL": f"postgresql://nhjc@127.0.0.1:{free_port()}/nhjc"})
+    one_line(result, 1, "nhjc run: metrics.host 192.0.2.1, metrics.port 9108: cannot listen:")
