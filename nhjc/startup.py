@@ -4,6 +4,8 @@ metrics port, a setting), where (the URL without its password) and why.  Used by
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import asyncpg
 
 from config.settings import DatabaseSettings, secret_value
@@ -27,8 +29,8 @@ def database_problem(exc: BaseException, db: DatabaseSettings) -> str:
     why = _text(exc)
     # The drivers do not put the password in their messages; this makes sure of it.
     secret = secret_value(db.password)
-    if secret and len(secret) >= 4:
-        why = why.replace(secret, "***")
+    if secret and len(secret) >= 4:  # shorter: too likely to be part of a port or a name
+        why = why.replace(secret, "***").replace(quote(secret, safe=""), "***")
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
         return f"the database at {where} refused us (database.url, database.password): {why}"
     if isinstance(exc, OSError):
