@@ -6,9 +6,11 @@ what the commands print or expose is a leak."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -337,8 +339,16 @@ class PasswordPostgres:
         return self
 
     def stop(self) -> None:
+        pid_file = self.dir / "data" / "postmaster.pid"
+        pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
         subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"),
-                        "-m", "immediate", "stop"], capture_output=True, check=False, timeout=60)
+                        "-m", "immediate", "-t", "30", "stop"], capture_output=True, check=False, timeout=60)
+        if pid is not None:  # our server, by its id, whatever pg_ctl managed
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL if time.monotonic() > deadline - 5 else signal.SIGQUIT)
+                time.sleep(0.2)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
