@@ -3,18 +3,35 @@
 The environment wins over the file; nested names are joined with ``__``
 (``NHJC_MQTT__URL``, ``NHJC_UPLINK__TARGETS__PROVINCIAL__URL``).  Everything is
 validated at start: :func:`load_settings` raises :class:`SettingsError` whose
-message is one line naming the offending setting.
+message is one line naming the offending setting.  Files named by the settings (TLS
+certificates and keys, secrets) are read or checked here too, so a missing one stops
+the start with that line instead of failing later.
+
+Secrets (passwords, the SM4 key) are :class:`~pydantic.SecretStr`: their ``str`` and
+``repr`` are stars, and no message shows them.  Each may come from a file instead
+(``password_file``, ``sm4_key_file``), as container deployments pass them.  A password
+in ``database.url`` is moved into ``database.password`` at load, so the URL is safe to
+print; :meth:`DatabaseSettings.dsn` puts it back for connecting, and nowhere else.
 """
 
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,22 +39,132 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "load_settings", "redact_url", "secret_value"]
 
 
 class SettingsError(Exception):
     """A setting is wrong; the message is one line naming it."""
 
 
+class _Fault(ValueError):
+    """Raised by a section's model validator about one of its fields, so the message
+    names that field rather than the whole section."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def secret_value(secret: SecretStr | None) -> str | None:
+    """The plain text of a secret, for the one call that needs it (never for a message)."""
+    return None if secret is None else secret.get_secret_value()
+
+
+# URL query parameters holding a secret: password, sslpassword, a token ... (not passfile,
+# which names a file).
+_SECRET_QUERY = re.compile(r"password|secret|token", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` as messages show it: any password (in the user part or the query) is ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if colon else ''}@{hosts}"
+    query = "&".join(
+        f"{pair.partition('=')[0]}=***" if _SECRET_QUERY.search(pair.partition("=")[0]) else pair
+        for pair in parts.query.split("&") if pair
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _check_readable(path: Path) -> Path:
+    """The path, when it names a file we can read; else ValueError in one line."""
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise ValueError(f"no such file {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a file") from None
+    except PermissionError:
+        raise ValueError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
+    return path
+
+
+def _read_secret(path: Path) -> SecretStr:
+    """A secret file's content, without the trailing newline editors and ``echo`` add."""
+    _check_readable(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    text = text.rstrip("\r\n")
+    if not text:
+        raise ValueError(f"{path} is empty")
+    return SecretStr(text)
+
+
+def _from_file(section: BaseModel, name: str) -> None:
+    """Fill secret ``name`` from ``name_file`` when that is given (never both)."""
+    path = getattr(section, f"{name}_file")
+    if path is None:
+        return
+    if getattr(section, name) is not None:
+        raise _Fault(f"{name}_file", f"give {name} or {name}_file, not both")
+    try:
+        value = _read_secret(path)
+    except ValueError as exc:
+        raise _Fault(f"{name}_file", str(exc)) from None
+    setattr(section, name, value)
+
+
+def _check_tls(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> None:
+    """Build the TLS context once, so a file that is not a certificate or a key that
+    does not match is found at start (each file exists: the field validators said so)."""
+    if key_file is not None and cert_file is None:
+        raise _Fault("key_file", "key_file without cert_file")
+    ctx = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (ssl.SSLError, ValueError):
+            raise _Fault("ca_file", f"{ca_file} holds no PEM certificate") from None
+    if cert_file is not None:
+        try:
+            # A callable password: an encrypted key fails here instead of prompting.
+            ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None, password=lambda: b"")
+        except (ssl.SSLError, ValueError) as exc:
+            if "KEY_VALUES_MISMATCH" in str(exc):
+                raise _Fault("key_file", f"{key_file} is not the key of {cert_file}") from None
+            where = f"{cert_file} with key {key_file}" if key_file else f"{cert_file}"
+            raise _Fault("cert_file", f"{where}: not a PEM certificate and unencrypted key") from None
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a validation error's text never holds what was given
+    # (it may be a password).
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    @field_validator("ca_file", "cert_file", "key_file", check_fields=False)
+    @classmethod
+    def _readable(cls, v: Path | None) -> Path | None:
+        return None if v is None else _check_readable(v)
 
 
 class MqttSettings(_Section):
     url: str = "mqtt://127.0.0.1:1883"
     client_id: str = "nhjc-pipeline"
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None  # the password is this file's content
     # TLS: a CA file enables certificate checks; client cert/key for mutual TLS.
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -58,6 +185,9 @@ class MqttSettings(_Section):
     @classmethod
     def _url(cls, v: str) -> str:
         parts = urlsplit(v)
+        if "@" in parts.netloc:
+            # Nothing would read them, and the URL is printed: credentials have their settings.
+            raise ValueError("must not hold credentials: use mqtt.username and mqtt.password")
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError("must look like mqtt://host:port or mqtts://host:port")
         try:
@@ -66,18 +196,72 @@ class MqttSettings(_Section):
             raise ValueError(f"bad port: {exc}") from None
         return v
 
+    @model_validator(mode="after")
+    def _files(self) -> MqttSettings:
+        _from_file(self, "password")
+        _check_tls(self.ca_file, self.cert_file, self.key_file)
+        return self
+
 
 class DatabaseSettings(_Section):
+    # Never holds a password once loaded: one given in the URL moves to ``password``.
     url: str = "postgresql://nhjc@127.0.0.1:5432/nhjc"
+    password: SecretStr | None = None
+    password_file: Path | None = None  # the password is this file's content
     pool_size: int = Field(4, ge=1, le=100)
     command_timeout_s: float = Field(60.0, gt=0)
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if urlsplit(v).scheme not in ("postgresql", "postgres"):
+        parts = urlsplit(v)
+        if parts.scheme not in ("postgresql", "postgres"):
             raise ValueError("must be a postgresql:// URL")
+        if "@" in v[len(parts.scheme) + 3 + len(parts.netloc):]:
+            # A "/", "?" or "#" in a password ends the host part early and would show
+            # the rest of the password as the database name.
+            raise ValueError("a password in the URL must be percent-encoded (or use database.password)")
         return v
+
+    @model_validator(mode="after")
+    def _password(self) -> DatabaseSettings:
+        parts = urlsplit(self.url)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        user, colon, in_url = userinfo.partition(":")
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        in_query = [v for k, v in query if k == "password"]
+        if any(k != "password" and _SECRET_QUERY.search(k) for k, _ in query):
+            raise _Fault("url", "a secret in the URL's query is not supported (use database.password for the password)")
+        if colon or in_query:
+            if self.password is not None or self.password_file is not None:
+                raise _Fault("url", "holds a password and database.password(_file) is given too: give one")
+            given = unquote(in_url) if colon else in_query[-1]
+            netloc = f"{user}{at}{hosts}"
+            rest = urlencode([(k, v) for k, v in query if k != "password"]) if in_query else parts.query
+            self.url = urlunsplit((parts.scheme, netloc, parts.path, rest, parts.fragment))
+            self.password = SecretStr(given)
+        _from_file(self, "password")
+        return self
+
+    def dsn(self) -> str:
+        """The URL with the password, to hand to the driver; never for a message."""
+        if self.password is None:
+            return self.url
+        parts = urlsplit(self.url)
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        secret = quote(self.password.get_secret_value(), safe="")
+        if userinfo:
+            netloc = f"{userinfo}:{secret}@{hosts}"
+            query = parts.query
+        else:  # no user name: libpq and asyncpg also take the password as a parameter
+            netloc = hosts
+            query = f"{parts.query}&password={secret}" if parts.query else f"password={secret}"
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+    @property
+    def display_url(self) -> str:
+        """The URL for messages: ``postgresql://nhjc:***@host:5432/nhjc``."""
+        return redact_url(self.dsn())
 
 
 class IngestSettings(_Section):
@@ -124,8 +308,10 @@ class TargetSettings(_Section):
     region: str | None = Field(None, pattern=r"^\d{6}$")
     # Token flavour: the PIN (4 to 12 digits) and the SM4 key (32 hex digits) that
     # encrypts its PIN block.
-    password: str | None = None
-    sm4_key: str | None = Field(None, pattern=r"^[0-9a-fA-F]{32}$")
+    password: SecretStr | None = None
+    password_file: Path | None = None  # the PIN is this file's content
+    sm4_key: SecretStr | None = None
+    sm4_key_file: Path | None = None  # the SM4 key is this file's content
     # TLS: ca_file to verify the platform (default: the system store); cert_file and
     # key_file for mutual TLS.
     ca_file: Path | None = None
@@ -156,19 +342,27 @@ class TargetSettings(_Section):
     @classmethod
     def _url(cls, v: str) -> str:
         parts = urlsplit(v)
+        if "@" in parts.netloc:
+            # The URL is printed and stored with delivery errors: no credentials in it.
+            raise ValueError("must not hold credentials")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL")
         return v.rstrip("/")
 
     @model_validator(mode="after")
     def _consistent(self) -> TargetSettings:
+        _from_file(self, "password")
+        _from_file(self, "sm4_key")
+        pin, key = secret_value(self.password), secret_value(self.sm4_key)
+        if key is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", key):
+            raise _Fault("sm4_key_file" if self.sm4_key_file else "sm4_key", "must be 32 hex digits")
         if self.flavour == "token":
-            if self.password is None or not re.fullmatch(r"\d{4,12}", self.password):
-                raise ValueError("the token flavour needs password: a PIN of 4 to 12 digits")
-            if self.sm4_key is None:
-                raise ValueError("the token flavour needs sm4_key (32 hex digits)")
-        if (self.key_file is not None) and self.cert_file is None:
-            raise ValueError("key_file without cert_file")
+            if pin is None or not re.fullmatch(r"\d{4,12}", pin):
+                raise _Fault("password_file" if self.password_file else "password",
+                             "the token flavour needs password: a PIN of 4 to 12 digits")
+            if key is None:
+                raise _Fault("sm4_key", "the token flavour needs sm4_key (32 hex digits)")
+        _check_tls(self.ca_file, self.cert_file, self.key_file)
         if self.backoff_max_s < self.backoff_min_s:
             raise ValueError("backoff_max_s is below backoff_min_s")
         return self
@@ -195,6 +389,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         case_sensitive=False,
+        hide_input_in_errors=True,
     )
 
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
@@ -218,11 +413,17 @@ class Settings(BaseSettings):
 
 
 def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    name = ".".join(str(p) for p in err["loc"]) or "settings"
-    env = "NHJC_" + "__".join(str(p) for p in err["loc"]).upper()
+    # Built from the error's place and message only, never from the input (a secret).
+    err = exc.errors(include_input=False)[0]
+    loc = tuple(str(p) for p in err["loc"])
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, _Fault):
+        loc += (cause.field,)
+    name = ".".join(loc) or "settings"
+    env = "NHJC_" + "__".join(loc).upper()
+    msg = str(err["msg"]).removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"bad setting {name} ({env}): {err['msg']}{more}"
+    return f"bad setting {name} ({env}): {msg}{more}"
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from config.settings import Settings
 from ingest.items import ItemsError, parse_items_file
+from nhjc.startup import DATABASE_ERRORS, database_problem
 from processing.migrate import migrate
 from processing.registry import upsert_items
 
@@ -20,9 +20,9 @@ __all__ = ["main_items", "main_migrate"]
 
 def main_migrate(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        applied = asyncio.run(migrate(settings.database.url))
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"nhjc migrate: database {settings.database.url}: {exc}", file=sys.stderr)
+        applied = asyncio.run(migrate(settings.database.dsn()))
+    except DATABASE_ERRORS as exc:
+        print(f"nhjc migrate: {database_problem(exc, settings.database)}", file=sys.stderr)
         return 1
     print("applied: " + ", ".join(applied) if applied else "schema is up to date")
     return 0
@@ -81,15 +81,6 @@ def _reads_as_chinese(data: bytes) -> bool:
     return bool(wide) and sum("\u4e00" <= c <= "\u9fff" for c in wide) * 2 >= len(wide)
 
 
-def _database(url: str) -> str:
-    """The database URL fit for a message: its password never shown."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
 async def _load(dsn: str, path: Path, encoding: str) -> int:
     items = parse_items_file(_read(path, encoding))
     conn = await asyncpg.connect(dsn)
@@ -100,26 +91,22 @@ async def _load(dsn: str, path: Path, encoding: str) -> int:
 
 
 def main_items(args: argparse.Namespace, settings: Settings) -> int:
-    url = settings.database.url
     try:
-        changed = asyncio.run(_load(url, args.file, args.encoding))
+        changed = asyncio.run(_load(settings.database.dsn(), args.file, args.encoding))
     except _Refused as exc:
-        return _fail(str(exc), url)
+        return _fail(str(exc))
     except ItemsError as exc:
-        return _fail(f"{args.file}: {exc}", url)
+        return _fail(f"{args.file}: {exc}")
     except asyncpg.DataError as exc:  # a value the database refuses (checked whole: nothing loaded)
-        return _fail(f"{args.file}: the database refused an item, nothing loaded: {exc}", url)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        return _fail(f"database {_database(url)}: {exc}", url)
+        return _fail(f"{args.file}: the database refused an item, nothing loaded: {type(exc).__name__}")
+    except DATABASE_ERRORS as exc:
+        return _fail(database_problem(exc, settings.database))
     except Exception as exc:  # never a traceback for a file or a database fault
-        return _fail(f"{args.file}: not loaded ({type(exc).__name__})", url)
+        return _fail(f"{args.file}: not loaded ({type(exc).__name__})")
     print(f"{changed} item(s) added or changed")
     return 0
 
 
-def _fail(message: str, url: str) -> int:
-    password = urlsplit(url).password
-    if password:  # however the message came to quote it
-        message = message.replace(password, "***")
+def _fail(message: str) -> int:
     print(f"nhjc items load: {' '.join(message.split())}", file=sys.stderr)
     return 1

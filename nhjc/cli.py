@@ -8,6 +8,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from config.settings import SettingsError, load_settings
 
@@ -24,18 +25,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (start-up errors are one line), still exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     # Two passes, so only the chosen command's module is imported: one command's
     # dependencies never slow down or break another's start.
-    parser = argparse.ArgumentParser(prog="nhjc", description="NHJC energy-consumption monitoring pipeline")
+    parser = _Parser(prog="nhjc", description="NHJC energy-consumption monitoring pipeline")
     parser.add_argument("--config", help="TOML settings file (the NHJC_ environment wins over it)")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help=", ".join(LOG_LEVELS) + " (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
     args, rest = parser.parse_known_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
-    command = argparse.ArgumentParser(prog=f"nhjc {args.command}", description=COMMANDS[args.command][1])
+    command = _Parser(prog=f"nhjc {args.command}", description=COMMANDS[args.command][1])
     configure = getattr(module, f"configure_{args.command.replace('-', '_')}", None)
     if configure is not None:
         configure(command)
@@ -45,7 +57,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

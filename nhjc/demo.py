@@ -25,6 +25,7 @@ from nhjc.service import SchemaError, Service
 from nhjc.sim import Counters, FaultSpec, PublishError, Simulator
 from nhjc.sim.frames import CST
 from nhjc.simulate import _faults, _speed, parse_duration, settings_kwargs
+from nhjc.startup import DATABASE_ERRORS, database_problem
 from processing.migrate import migrate
 from uplink.mock_platform import DEFAULT_PASSWORD, DEFAULT_SM4_KEY, MockPlatform
 
@@ -284,11 +285,10 @@ def render(s: Snapshot) -> Any:
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    dsn = settings.database.url
     try:
-        applied = await migrate(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"nhjc demo: database {dsn}: {exc}", file=sys.stderr)
+        applied = await migrate(settings.database.dsn())
+    except DATABASE_ERRORS as exc:
+        print(f"nhjc demo: {database_problem(exc, settings.database)}", file=sys.stderr)
         return 1
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
@@ -387,8 +387,8 @@ async def _run(args: argparse.Namespace, settings: Settings, platforms: list[Moc
         except (SchemaError, ValueError) as exc:
             print(f"nhjc demo: {exc}", file=sys.stderr)
             rc = 1
-        except (OSError, asyncpg.PostgresError) as exc:
-            print(f"nhjc demo: database {settings.database.url}: {exc}", file=sys.stderr)
+        except DATABASE_ERRORS as exc:
+            print(f"nhjc demo: {database_problem(exc, settings.database)}", file=sys.stderr)
             rc = 1
         watcher._next_sql = 0.0
         snap = await watcher.refresh()

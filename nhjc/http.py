@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["HttpEndpoint"]
+__all__ = ["HttpEndpoint", "ListenError"]
+
+
+class ListenError(Exception):
+    """The endpoint cannot listen where the settings say; the message is one line."""
 
 
 class HttpEndpoint:
@@ -16,6 +21,7 @@ class HttpEndpoint:
         self._host, self._port = host, port
         self._registry = registry
         self._ready = ready
+        self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -30,7 +36,11 @@ class HttpEndpoint:
         ok = all(parts.values())
         return web.json_response({"ready": ok, **parts}, status=200 if ok else 503)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def listen(self) -> None:
+        """Bind the port (``run`` does it too when not done yet): a port in use is then
+        found before anything else starts."""
+        if self._runner is not None:
+            return
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -38,9 +48,25 @@ class HttpEndpoint:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise ListenError(f"metrics.port {self._port} on {self._host} is in use") from None
+            why = exc.strerror or str(exc)
+            raise ListenError(f"metrics.host {self._host}, metrics.port {self._port}: cannot listen: {why}") from None
+        self._runner = runner
         self.port = runner.addresses[0][1]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.listen()
         try:
             await stop.wait()
         finally:
-            await runner.cleanup()
+            await self.close()

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from config.settings import Settings
+from config.settings import Settings, secret_value
 from ingest.batch import Quarantined, ReadingBatch, error_detail
 from ingest.batcher import Batcher, RegistryCache
 from ingest.collector import Collector
@@ -25,6 +25,7 @@ from ingest.frames import FrameLimits
 from ingest.items import ItemSpec
 from ingest.metrics import IngestMetrics
 from nhjc.http import HttpEndpoint
+from nhjc.startup import describe
 from processing.aggregator import Aggregator
 from processing.completeness import CompletenessUpdater
 from processing.dberrors import RETRYABLE
@@ -211,10 +212,18 @@ class Service:
     # --- lifecycle ---------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        self.pool = await asyncpg.create_pool(
-            s.database.url, min_size=1, max_size=s.database.pool_size,
-            command_timeout=s.database.command_timeout_s,
-        )
+        # Listen first: a metrics port in use stops the start before anything connects.
+        self.http = HttpEndpoint(host=s.metrics.host, port=s.metrics.port,
+                                 registry=self.registry, ready=self.ready)
+        await self.http.listen()
+        try:
+            self.pool = await asyncpg.create_pool(
+                s.database.dsn(), min_size=1, max_size=s.database.pool_size,
+                command_timeout=s.database.command_timeout_s,
+            )
+        except BaseException:
+            await self.http.close()
+            raise
         try:
             await check_schema(self.pool)
             self._db_state(True)
@@ -222,7 +231,7 @@ class Service:
             await registry_cache.reload(force=True)
             m = s.mqtt
             self.collector = Collector(
-                url=m.url, client_id=m.client_id, username=m.username, password=m.password,
+                url=m.url, client_id=m.client_id, username=m.username, password=secret_value(m.password),
                 ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
                 keepalive_s=m.keepalive_s, receive_maximum=m.receive_maximum,
                 session_expiry_s=m.session_expiry_s, reconnect_min_s=m.reconnect_min_s,
@@ -240,8 +249,6 @@ class Service:
                 batch_rows=i.batch_rows, batch_ms=i.batch_ms, metrics=self.metrics,
             )
             store = Store(self.pool)
-            self.http = HttpEndpoint(host=s.metrics.host, port=s.metrics.port,
-                                     registry=self.registry, ready=self.ready)
             http_stop = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.http.run(http_stop), name="http")
@@ -263,6 +270,7 @@ class Service:
                     ingest.cancel()
                 http_stop.set()
         finally:
+            await self.http.close()  # already closed unless the start failed
             await self.pool.close()
             self._finished.set()
 
@@ -295,11 +303,13 @@ def main_run(args: argparse.Namespace, settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await Service(settings).run(stop)
-        except (SchemaError, ValueError) as exc:  # ValueError: an uplink target's files or flavour
-            print(f"nhjc run: {exc}", file=sys.stderr)
-            return 1
-        except (OSError, asyncpg.PostgresError) as exc:
-            print(f"nhjc run: database {settings.database.url}: {exc}", file=sys.stderr)
+        except Exception as exc:
+            # ValueError: an uplink target's flavour or TLS files.  The broker is not
+            # here: the collector waits for it (not ready) instead of stopping.
+            line = describe(exc, settings.database, plain=(SchemaError, ValueError))
+            if line is None:
+                raise
+            print(f"nhjc run: {line}", file=sys.stderr)
             return 1
         return 0
 

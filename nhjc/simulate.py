@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from config.settings import Settings
+from config.settings import Settings, secret_value
 from nhjc.sim import (
     FAULT_KINDS,
     Counters,
@@ -75,7 +75,7 @@ def settings_kwargs(settings: Settings) -> dict[str, Any]:
     credentials, and ingest's frame limits and flag thresholds (the demo uses it too)."""
     mq, ingest = settings.mqtt, settings.ingest
     return dict(
-        url=mq.url, username=mq.username, password=mq.password, ca_file=mq.ca_file,
+        url=mq.url, username=mq.username, password=secret_value(mq.password), ca_file=mq.ca_file,
         cert_file=mq.cert_file, key_file=mq.key_file,
         limits=Limits(ingest.max_frame_bytes, ingest.max_readings_per_frame),
         early_tolerance_s=ingest.early_tolerance_s, late_horizon_s=ingest.late_horizon_s,

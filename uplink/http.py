@@ -26,10 +26,17 @@ _MAX_MESSAGE = 500  # platform messages are stored, not novels
 def client_ssl_context(ca_file: Path | None, cert_file: Path | None,
                        key_file: Path | None) -> ssl.SSLContext:
     """Verify the platform against ca_file (else the system store); present our client
-    certificate when one is configured (mutual TLS)."""
-    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    if cert_file is not None:
-        ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    certificate when one is configured (mutual TLS).
+
+    The settings checked these files at load; one that went away or changed since is a
+    ValueError in one line (not an OSError, which would read as a database fault)."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if cert_file is not None:
+            ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None, password=lambda: b"")
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        files = ", ".join(str(f) for f in (ca_file, cert_file, key_file) if f is not None)
+        raise ValueError(f"TLS files {files}: {exc.__class__.__name__}: {exc}") from None
     return ctx
 
 

@@ -42,7 +42,7 @@ import aiohttp
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from config.settings import TargetSettings
+from config.settings import TargetSettings, secret_value
 from processing.dberrors import RETRYABLE
 from uplink.adapters import FLAVOURS, Adapter, Registration, make_adapter
 from uplink.errors import RejectedError, RetryableError
@@ -133,7 +133,8 @@ class TargetRunner:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                          headers={"User-Agent": "nhjc-uplink/1"}) as session:
             self._adapter = make_adapter(s.flavour, session, s.url, tz=self._tz,
-                                         password=s.password, sm4_key=s.sm4_key)
+                                         password=secret_value(s.password),
+                                         sm4_key=secret_value(s.sm4_key))
             log.info("uplink %s: delivering to %s (%s)", self.name, s.url, s.flavour)
             while not stop.is_set():
                 busy = False
