@@ -21,6 +21,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from config.settings import Settings, TargetSettings
+from nhjc.guest import GuestError, PrivateBroker, scratch_database
 from nhjc.service import SchemaError, Service
 from nhjc.sim import Counters, FaultSpec, PublishError, Simulator
 from nhjc.sim.frames import CST
@@ -73,6 +74,9 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
                    help="port of the mock provincial platform (default: a free one)")
     p.add_argument("--national-port", type=int, default=0, metavar="PORT",
                    help="port of the mock national platform (default: a free one)")
+    p.add_argument("--use-configured", action="store_true",
+                   help="run on the configured broker and database instead of the demo's own "
+                        "(the demo's enterprises, items and retained messages then stay there)")
     p.add_argument("--plain", action="store_true",
                    help="print a summary line every few seconds instead of the live view "
                         "(the default when stdout is not a terminal)")
@@ -103,6 +107,16 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def guest_settings(settings: Settings, broker_url: str, database_url: str) -> Settings:
+    """The user's settings pointed at the demo's own broker (anonymous, loopback, one
+    instance) and its own database."""
+    mqtt = settings.mqtt.model_copy(update={
+        "url": broker_url, "username": None, "password": None, "ca_file": None, "cert_file": None,
+        "key_file": None, "share_group": ""})
+    return settings.model_copy(update={
+        "mqtt": mqtt, "database": settings.database.model_copy(update={"url": database_url})})
 
 
 def demo_settings(settings: Settings, provincial_url: str, national_url: str, metrics_port: int) -> Settings:
@@ -284,6 +298,22 @@ def render(s: Snapshot) -> Any:
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    if args.use_configured:
+        return await _demo_on(args, settings, ["on the configured broker and database"])
+    # A guest: its own broker and database, removed at exit (errors and Ctrl-C too).
+    async with contextlib.AsyncExitStack() as guest:
+        try:
+            broker = guest.enter_context(PrivateBroker())
+            database = await guest.enter_async_context(scratch_database(settings.database.url))
+        except GuestError as exc:
+            print(f"nhjc demo: {exc}", file=sys.stderr)
+            return 1
+        note = (f"own broker 127.0.0.1:{broker.port}, own database {database.rsplit('/', 1)[1]} "
+                "(both removed at exit; --use-configured for the configured ones)")
+        return await _demo_on(args, guest_settings(settings, broker.url, database), [note])
+
+
+async def _demo_on(args: argparse.Namespace, settings: Settings, notes: list[str]) -> int:
     dsn = settings.database.url
     try:
         applied = await migrate(dsn)
@@ -293,7 +323,6 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
 
-    notes = []
     host, port = settings.metrics.host, settings.metrics.port
     if port and not _port_free(host, port):
         new = _free_port(host)
