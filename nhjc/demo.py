@@ -88,7 +88,11 @@ def main_demo(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.faults == "none":
         args.faults = None
-    return asyncio.run(_demo(args, settings))
+    try:
+        return asyncio.run(_demo(args, settings))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM while starting
+        print("nhjc demo: stopped while starting", file=sys.stderr)
+        return 130
 
 
 # ------------------------------------------------------------------------- set-up
@@ -301,6 +305,10 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.use_configured:
         return await _demo_on(args, settings, ["on the configured broker and database"])
     # A guest: its own broker and database, removed at exit (errors and Ctrl-C too).
+    # SIGTERM while starting cancels like Ctrl-C does (the run below handles both itself).
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     async with contextlib.AsyncExitStack() as guest:
         try:
             broker = guest.enter_context(PrivateBroker())

@@ -86,20 +86,28 @@ class PrivateBroker:
             raise GuestError("mosquitto is not installed (scripts/setup.sh installs it); "
                              "or run the demo on the configured broker with --use-configured")
         self.dir = Path(tempfile.mkdtemp(prefix="nhjc-demo-broker-"))
+        try:
+            return self._start(binary)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, binary: str) -> PrivateBroker:
+        assert self.dir is not None
         for _ in range(3):  # the free port may be taken between finding and binding it
             self.port = _free_port()
             conf = self.dir / "mosquitto.conf"
             conf.write_text(self.config(), encoding="utf-8")
             # Its own session: a Ctrl-C on the terminal reaches the demo, which then stops
-            # the broker last, after the service has acknowledged what it committed.
+            # the broker last, after the service has acknowledged what it committed.  (The
+            # demo has started no thread yet, which is what makes preexec_fn safe here.)
             self._proc = subprocess.Popen([binary, "-c", str(conf)], stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           start_new_session=True, preexec_fn=_die_with_parent)  # noqa: PLW1509
             if self._wait_listening():
                 return self
+            reason = self._log_tail()
             self._terminate()
-        reason = self._log_tail()
-        self.stop()
         raise GuestError(f"the demo's own mosquitto did not start: {reason}")
 
     def _wait_listening(self) -> bool:

@@ -164,3 +164,31 @@ def test_demo_that_cannot_reach_the_database_stops_its_broker_and_says_so(tmp_pa
     assert list((tmp_path / "tmp").iterdir()) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert str(tmp_path / "tmp") not in ps
+
+
+def test_demo_stopped_while_starting_leaves_nothing_behind(tmp_path) -> None:
+    configured = Mosquitto(tmp_path / "configured").start()
+    before = set(_databases_like("nhjc_demo_%"))
+    try:
+        env = _env(configured.url, "postgresql://nhjc@127.0.0.1:5432/nhjc", tmp_path)
+        proc = subprocess.Popen([sys.executable, "-m", "nhjc", "demo", "--enterprises", "1", "--plain"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "tmp").iterdir()) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert list((tmp_path / "tmp").iterdir()), "the demo's broker folder never appeared"
+        proc.send_signal(signal.SIGTERM)  # while it creates its database or migrates it
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode in (0, 130), out + err  # 0 if it had got as far as running
+        assert "Traceback" not in err, err
+        assert list((tmp_path / "tmp").iterdir()) == []
+        assert set(_databases_like("nhjc_demo_%")) <= before
+        assert "New client connected" not in (configured.workdir / "broker.log").read_text()
+    finally:
+        configured.stop()
+
+
+def _databases_like(pattern: str) -> list[str]:
+    from tests.harness import query
+
+    return [r[0] for r in query(ADMIN, "SELECT datname FROM pg_database WHERE datname LIKE %s", pattern)]
