@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -302,13 +303,13 @@ def render(s: Snapshot) -> Any:
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    if args.use_configured:
-        return await _demo_on(args, settings, ["on the configured broker and database"])
-    # A guest: its own broker and database, removed at exit (errors and Ctrl-C too).
     # SIGTERM while starting cancels like Ctrl-C does (the run below handles both itself).
     main = asyncio.current_task()
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    if args.use_configured:
+        return await _demo_on(args, settings, ["on the configured broker and database"])
+    # A guest: its own broker and database, removed at exit (errors and Ctrl-C too).
     async with contextlib.AsyncExitStack() as guest:
         try:
             broker = guest.enter_context(PrivateBroker())
@@ -316,7 +317,7 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
         except GuestError as exc:
             print(f"nhjc demo: {exc}", file=sys.stderr)
             return 1
-        note = (f"own broker 127.0.0.1:{broker.port}, own database {database.rsplit('/', 1)[1]} "
+        note = (f"own broker 127.0.0.1:{broker.port}, own database {urlsplit(database).path[1:]} "
                 "(both removed at exit; --use-configured for the configured ones)")
         return await _demo_on(args, guest_settings(settings, broker.url, database), [note])
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from tests.harness import count
+from tests.harness import count, query
 from tests.services import ROOT, Mosquitto, free_port
 
 ACCEPTED = re.compile(r"readings accepted ([\d,]+)")
@@ -100,10 +100,8 @@ def _broker_state(url: str) -> tuple[list[str], dict[str, str]]:
     return retained, sys_
 
 
-def _databases(name: str) -> list[str]:
-    from tests.harness import query
-
-    return [r[0] for r in query(ADMIN, "SELECT datname FROM pg_database WHERE datname = %s", name)]
+def _databases(like: str) -> list[str]:
+    return [r[0] for r in query(ADMIN, "SELECT datname FROM pg_database WHERE datname LIKE %s", like)]
 
 
 def test_demo_is_a_guest_of_the_configured_broker_and_database(db, tmp_path) -> None:
@@ -168,7 +166,7 @@ def test_demo_that_cannot_reach_the_database_stops_its_broker_and_says_so(tmp_pa
 
 def test_demo_stopped_while_starting_leaves_nothing_behind(tmp_path) -> None:
     configured = Mosquitto(tmp_path / "configured").start()
-    before = set(_databases_like("nhjc_demo_%"))
+    before = set(_databases("nhjc_demo_%"))
     try:
         env = _env(configured.url, "postgresql://nhjc@127.0.0.1:5432/nhjc", tmp_path)
         proc = subprocess.Popen([sys.executable, "-m", "nhjc", "demo", "--enterprises", "1", "--plain"],
@@ -182,13 +180,7 @@ def test_demo_stopped_while_starting_leaves_nothing_behind(tmp_path) -> None:
         assert proc.returncode in (0, 130), out + err  # 0 if it had got as far as running
         assert "Traceback" not in err, err
         assert list((tmp_path / "tmp").iterdir()) == []
-        assert set(_databases_like("nhjc_demo_%")) <= before
+        assert set(_databases("nhjc_demo_%")) <= before
         assert "New client connected" not in (configured.workdir / "broker.log").read_text()
     finally:
         configured.stop()
-
-
-def _databases_like(pattern: str) -> list[str]:
-    from tests.harness import query
-
-    return [r[0] for r in query(ADMIN, "SELECT datname FROM pg_database WHERE datname LIKE %s", pattern)]
