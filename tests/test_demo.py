@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from tests.harness import count, query
 from tests.services import ROOT, Mosquitto, free_port
@@ -164,7 +165,8 @@ def test_demo_that_cannot_reach_the_database_stops_its_broker_and_says_so(tmp_pa
     assert str(tmp_path / "tmp") not in ps
 
 
-def test_demo_stopped_while_starting_leaves_nothing_behind(tmp_path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_demo_stopped_while_starting_leaves_nothing_behind(sig, tmp_path) -> None:
     configured = Mosquitto(tmp_path / "configured").start()
     before = set(_databases("nhjc_demo_%"))
     try:
@@ -175,7 +177,7 @@ def test_demo_stopped_while_starting_leaves_nothing_behind(tmp_path) -> None:
         while not list((tmp_path / "tmp").iterdir()) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert list((tmp_path / "tmp").iterdir()), "the demo's broker folder never appeared"
-        proc.send_signal(signal.SIGTERM)  # while it creates its database or migrates it
+        proc.send_signal(sig)  # while it starts its broker, creates its database or migrates it
         out, err = proc.communicate(timeout=30)
         assert proc.returncode in (0, 130), out + err  # 0 if it had got as far as running
         assert "Traceback" not in err, err
