@@ -177,10 +177,27 @@ async def scratch_database(dsn: str) -> AsyncIterator[str]:
         raise GuestError(f"database server {where}: {type(exc).__name__}: {exc}") from None
     finally:
         await conn.close()
+    url = _with_database(dsn, name)
     try:
-        yield _with_database(dsn, name)
+        await _install_timescaledb(url, where)
+        yield url
     finally:
         await _drop(dsn, name)
+
+
+async def _install_timescaledb(url: str, where: str) -> None:
+    # The migrations would do it too; here a refusal gets a message that says what to do.
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except asyncpg.InsufficientPrivilegeError:
+        raise GuestError(f"database server {where}: the configured role may not install TimescaleDB "
+                         "in the demo's own database (not a trusted extension in this version); "
+                         "run the demo on the configured database with --use-configured") from None
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise GuestError(f"database server {where}: TimescaleDB: {type(exc).__name__}: {exc}") from None
+    finally:
+        await conn.close()
 
 
 async def _drop(dsn: str, name: str) -> None:
