@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("nhjc.simulate", "publish realistic readings for pilot enterprises"),
     "mock-platform": ("uplink.mock_platform", "run a local provincial/national platform"),
     "demo": ("nhjc.demo", "everything together on this machine, with a live summary"),
+    "broker": ("nhjc.broker", "accounts on a secure broker (broker add-gateway CREDIT_CODE, broker add-service)"),
 }
 
 

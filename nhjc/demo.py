@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from prometheus_client import CollectorRegistry
 
 from config.settings import Settings, TargetSettings
+from nhjc.guest import GuestError, PrivateBroker, scratch_database
 from nhjc.service import SchemaError, Service
 from nhjc.sim import Counters, FaultSpec, PublishError, Simulator
 from nhjc.sim.frames import CST
@@ -74,6 +76,9 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
                    help="port of the mock provincial platform (default: a free one)")
     p.add_argument("--national-port", type=int, default=0, metavar="PORT",
                    help="port of the mock national platform (default: a free one)")
+    p.add_argument("--use-configured", action="store_true",
+                   help="run on the configured broker and database instead of the demo's own "
+                        "(the demo's enterprises, items and retained messages then stay there)")
     p.add_argument("--plain", action="store_true",
                    help="print a summary line every few seconds instead of the live view "
                         "(the default when stdout is not a terminal)")
@@ -85,7 +90,11 @@ def main_demo(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.faults == "none":
         args.faults = None
-    return asyncio.run(_demo(args, settings))
+    try:
+        return asyncio.run(_demo(args, settings))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM while starting
+        print("nhjc demo: stopped while starting", file=sys.stderr)
+        return 130
 
 
 # ------------------------------------------------------------------------- set-up
@@ -104,6 +113,19 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def guest_settings(settings: Settings, broker_url: str, database_url: str) -> Settings:
+    """The user's settings pointed at the demo's own broker (anonymous, loopback, one
+    instance) and its own database."""
+    mqtt = settings.mqtt.model_copy(update={
+        "url": broker_url, "username": None, "password": None, "ca_file": None, "cert_file": None,
+        "key_file": None, "share_group": ""})
+    # The scratch database's URL carries the password for the driver; the settings keep
+    # it apart, as they do for the configured database (never shown in a message).
+    url = urlunsplit(urlsplit(settings.database.url)._replace(path=urlsplit(database_url).path))
+    return settings.model_copy(update={
+        "mqtt": mqtt, "database": settings.database.model_copy(update={"url": url})})
 
 
 def demo_settings(settings: Settings, provincial_url: str, national_url: str, metrics_port: int) -> Settings:
@@ -285,6 +307,26 @@ def render(s: Snapshot) -> Any:
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    # SIGTERM while starting cancels like Ctrl-C does (the run below handles both itself).
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    if args.use_configured:
+        return await _demo_on(args, settings, ["on the configured broker and database"])
+    # A guest: its own broker and database, removed at exit (errors and Ctrl-C too).
+    async with contextlib.AsyncExitStack() as guest:
+        try:
+            broker = guest.enter_context(PrivateBroker())
+            database = await guest.enter_async_context(scratch_database(settings.database.dsn()))
+        except GuestError as exc:
+            print(f"nhjc demo: {exc}", file=sys.stderr)
+            return 1
+        note = (f"own broker 127.0.0.1:{broker.port}, own database {urlsplit(database).path[1:]} "
+                "(both removed at exit; --use-configured for the configured ones)")
+        return await _demo_on(args, guest_settings(settings, broker.url, database), [note])
+
+
+async def _demo_on(args: argparse.Namespace, settings: Settings, notes: list[str]) -> int:
     try:
         applied = await migrate(settings.database.dsn())
     except DATABASE_ERRORS as exc:
@@ -293,7 +335,6 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
 
-    notes = []
     host, port = settings.metrics.host, settings.metrics.port
     if port and not _port_free(host, port):
         new = _free_port(host)

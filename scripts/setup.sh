@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One idempotent set-up for a Debian 12 machine (run as root, or with sudo available):
-# Mosquitto and PostgreSQL 15 installed and running, TimescaleDB built from Debian's
-# source package for the local PostgreSQL, the nhjc role and database, and a virtual
-# environment (.venv) with the project in it.  Safe to run again; quick when done.
+# Mosquitto (with nhjc's broker settings) and PostgreSQL 15 installed and running,
+# TimescaleDB built from Debian's source package for the local PostgreSQL, the nhjc role
+# and database, and a virtual environment (.venv) with the project in it.  Safe to run
+# again; quick when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -20,10 +21,17 @@ apt_install() {
 if ! command -v mosquitto >/dev/null; then
     log "installing mosquitto"; apt_install mosquitto mosquitto-clients
 fi
+# nhjc's broker settings (offline queue, packet size, persistence) as an include of the
+# local broker's configuration; the broker restarts only when they changed.
+$SUDO mkdir -p /run/mosquitto /var/lib/mosquitto /var/log/mosquitto
+$SUDO chown mosquitto: /run/mosquitto /var/lib/mosquitto /var/log/mosquitto 2>/dev/null || true
+RESTART=()
+if [ -d /run/systemd/system ] && systemctl is-enabled --quiet mosquitto 2>/dev/null; then
+    RESTART=(--restart "systemctl restart mosquitto")
+fi
+$SUDO bash scripts/broker-settings.sh "${RESTART[@]}" /etc/mosquitto
 if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
     log "starting mosquitto"
-    $SUDO mkdir -p /run/mosquitto /var/lib/mosquitto /var/log/mosquitto
-    $SUDO chown mosquitto: /run/mosquitto /var/lib/mosquitto /var/log/mosquitto 2>/dev/null || true
     $SUDO mosquitto -d -c /etc/mosquitto/mosquitto.conf
 fi
 command -v prometheus >/dev/null || apt_install prometheus
