@@ -84,7 +84,11 @@ def describe(value: object, limit: int = 40) -> str:
     if isinstance(value, int):
         if value.bit_length() < 100:
             return repr(value)
-        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+        try:
+            digits = len(str(abs(value)))
+        except ValueError:  # past Python's 4,300-digit limit for int to str
+            digits = int(value.bit_length() * 0.30103) + 1
+        return f"<{digits}-digit integer>"
     return f"a JSON {_JSON_TYPES.get(type(value), type(value).__name__)}"
 
 
@@ -159,7 +163,7 @@ def _parse_iso(ts: str) -> int | None:
     try:
         dt = datetime.fromisoformat(ts)
         return None if dt.tzinfo is None else (dt - _EPOCH) // _US
-    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved by its offset
+    except (ValueError, OverflowError):
         return None
 
 

@@ -213,12 +213,13 @@ def decode_items_file(data: bytes, encoding: str | None = None) -> str:
 
 
 def _looks_chinese(data: bytes) -> bool:
-    """Whether the bytes read in GB18030 give mostly CJK characters (a Latin-1 file, say,
-    often also reads in GB18030, but as a scatter of rare characters)."""
+    """Whether the bytes read as Chinese in GB18030: nearly every character outside ASCII
+    two bytes from the GB2312 rows (0xA1-0xFE each), where common Chinese lies.  A
+    Latin-1 file often reads in GB18030 too, but as pairs with an ASCII second byte."""
     try:
         text = data.decode("gb18030")
     except UnicodeDecodeError:
         return False
-    wide = [c for c in text if not c.isascii()]
-    cjk = sum(1 for c in wide if "\u4e00" <= c <= "\u9fff" or "\u3000" <= c <= "\u303f" or "\uff00" <= c <= "\uffef")
-    return bool(wide) and cjk >= 0.8 * len(wide)
+    wide = [c.encode("gb18030") for c in text if not c.isascii()]
+    common = sum(1 for b in wide if len(b) == 2 and b[0] >= 0xA1 and b[1] >= 0xA1)
+    return bool(wide) and common >= 0.8 * len(wide)
