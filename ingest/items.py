@@ -118,7 +118,8 @@ def _error_text(exc: ValidationError) -> str:
         more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
         return f"unknown field {named}{more}"
     e = errors[0]
-    return f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+    loc = ".".join(str(p) for p in e["loc"])  # empty for the checks across fields
+    return f"{loc}: {e['msg']}" if loc else e["msg"]
 
 
 def _unknown_field(name: str) -> str:

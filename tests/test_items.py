@@ -128,12 +128,14 @@ def test_an_unknown_field_is_refused_by_name_from_the_file_and_from_mqtt() -> No
         ("energy", "３３００", "energy: String should match pattern '^[0-9]{4}$'"),
         ("code", "٠١٠٠٠٠٠٠٠٢٣٣٠٠٠١", "code: Value error, not a data code pp-uu-eeee-cceeee-dd"),
         ("name", ["a"], "name: Input should be a valid string"),
+        ("rollover", 1e6, "Value error, rollover applies to cumulative items only"),
     ],
 )
 def test_a_bad_field_is_refused_with_a_reason(field, value, why) -> None:
     # Through Python (a lone surrogate or a 400-digit integer cannot pass orjson), then as a file.
+    fields = dict(GOOD, **{field: value}) | ({"kind": "instant"} if field == "rollover" and value == 1e6 else {})
     with pytest.raises(ValidationError) as e:
-        ItemSpec.model_validate(dict(GOOD, **{field: value}))
+        ItemSpec.model_validate(fields)
     assert _error_text(e.value) == why
     if field == "name" and value == "a\ud800":
         return
@@ -141,10 +143,10 @@ def test_a_bad_field_is_refused_with_a_reason(field, value, why) -> None:
         assert str(file_error("[" + json.dumps(GOOD)[:-1] + ', "scope": 1' + "0" * 400 + "}]")).startswith(
             "not JSON: number is infinity when parsed as double: line 1 column ")
         return
-    e2 = file_error([dict(GOOD, **{field: value})])
+    e2 = file_error([fields])
     assert (e2.reason, str(e2)) == ("bad_item", f"item [0]: {why}")
     assert "\x00" not in str(e2)
-    assert payload_bad(dict(GOOD, **{field: value}))[0][1] == why
+    assert payload_bad(fields)[0][1] == why
 
 
 @pytest.mark.parametrize(
