@@ -6,6 +6,7 @@ lone surrogate).  A short budget here; benchmarks/fuzz_decoders.py runs a millio
 import json
 import math
 
+import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -138,3 +139,36 @@ def test_items_file_text_raises_only_items_error(text) -> None:
         parse_items_file(text)
     except ItemsError as exc:
         check_items_error(exc)
+
+
+def test_the_rows_of_the_known_escapes_and_of_garbage_go_into_postgresql(db) -> None:
+    """The real check of 'storable': PostgreSQL takes every quarantine row made from the
+    inputs that used to escape and from a 5,000-reading frame of garbage."""
+    payloads = [
+        b'{"v": 1, "readings": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+        b'{"v": 1, "readings": [{"code": "' + DEC_CODE.encode() + b'", "ts": 1764303300, "value": 1' + b"0" * 400 + b"}]}",
+        b'{"v": 1, "readings": [{"code": "' + DEC_CODE.encode() + b'", "ts": 1' + b"0" * 400 + b', "value": 1}]}',
+        b'{"v": 1, "readings": [{"code": "\\ud800", "ts": "\\u0000", "value": "\\udfff\\u0000"}]}',
+        b'{"v": 1, "readings": [{"code": "' + DEC_CODE.encode() + b'", "ts": 1764303300, "value": 1e308}]}',
+        b'{"v": 1, "readings": [\x00, "\xff"]}',
+        garbage_frame(7),
+    ]
+    rows = []
+    for p in payloads:
+        b = decode_readings(TOPIC + "\x00\ud800", parse_topic(TOPIC), p, NOW_US, known_codes=KNOWN,
+                            limits=FrameLimits(max_frame_bytes=1 << 20))
+        rows += [(q.topic, q.enterprise, q.reason, q.detail, q.raw) for q in b.quarantine]
+    try:
+        parse_items_payload(b'{"v": [1], "items": []}', DEC_ENTERPRISE)
+    except ItemsError as exc:
+        rows.append((TOPIC, DEC_ENTERPRISE, exc.reason, str(exc), b""))
+    _good, bad = parse_items_payload(json.dumps({"v": 1, "items": [{"name": "\x00", "multipler": 1}]}).encode(),
+                                     DEC_ENTERPRISE)
+    rows += [(TOPIC, DEC_ENTERPRISE, "bad_item", why, raw) for _i, why, raw in bad]
+    assert len(rows) > 4000
+    with psycopg.connect(db, autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO quarantine (received_at, topic, enterprise, reason, detail, raw) "
+                            "VALUES (now(), %s, %s, %s, %s, %s)", rows)
+        stored = conn.execute("SELECT topic, enterprise, reason, detail, raw FROM quarantine ORDER BY id").fetchall()
+    assert [(*r[:4], bytes(r[4])) for r in stored] == rows
