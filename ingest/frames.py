@@ -104,8 +104,8 @@ def encode_json(value: object) -> bytes:
 
 
 def _encode_deep(value: object) -> bytes:
-    """encode_json for values nested deeper than Python's recursion limit: the same
-    text, built with an explicit stack."""
+    """encode_json for values nested deeper than Python's recursion limit: the same JSON
+    (characters outside ASCII as ``\\u`` escapes), built with an explicit stack."""
     out: list[str] = []
     stack: list[object] = [value]
     while stack:
@@ -197,9 +197,7 @@ def decode_readings(
         return whole("too_large", f"frame of {len(payload)} bytes exceeds {limits.max_frame_bytes}")
     try:
         frame = _load(payload)
-    except UnicodeDecodeError as exc:
-        return whole("bad_json", f"not UTF-8 JSON: {str(exc)[:200]}")
-    except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
         return whole("bad_json", f"not UTF-8 JSON: {str(exc)[:200]}")
     except RecursionError:
         return whole("bad_json", "not UTF-8 JSON: nested too deeply (RecursionError)")

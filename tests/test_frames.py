@@ -289,3 +289,9 @@ def test_pg_text() -> None:
     assert pg_text("plain") == "plain"
     assert pg_text("a\x00b") == "a\\x00b"
     assert pg_text("电\ud800\x00") == "电\\ud800\\x00"
+
+
+def test_an_integer_past_pythons_4300_digit_limit_is_bad_json() -> None:
+    payload = b'{"v": 1, "readings": [{"code": "' + CODE.encode() + b'", "ts": 1764303300, "value": ' + b"9" * 5000 + b"}]}"
+    q = only(decode(payload), "frame")
+    assert q.reason == "bad_json" and q.detail.startswith("not UTF-8 JSON: Exceeds the limit (4300 digits)")
