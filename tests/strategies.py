@@ -1,4 +1,5 @@
-"""Reusable Hypothesis strategies and small builders for the processing tests.
+"""Reusable Hypothesis strategies and small builders for the processing tests, and the
+inputs the decoder fuzz tests draw (at the end).
 
 Times are int64 microseconds since the epoch; :func:`at` gives them from local
 (Asia/Shanghai) wall-clock times, which is how the expected values are worked out by
@@ -8,6 +9,8 @@ generated with numpy, so Hypothesis still shrinks them to something readable.
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +28,9 @@ from processing.segments import Readings
 
 __all__ = [
     "CALENDAR",
+    "DEC_CODE",
+    "DEC_ENTERPRISE",
+    "DEC_TS",
     "ELEC",
     "ENTERPRISE",
     "GAS",
@@ -32,13 +38,22 @@ __all__ = [
     "Row",
     "Series",
     "at",
+    "deep",
+    "deep_text",
+    "frame_payloads",
     "full_year_series",
+    "garbage_frame",
     "item",
+    "items_payloads",
+    "json_value",
+    "mutate",
+    "nasty_text",
     "readings",
     "rows",
     "run",
     "series",
     "table",
+    "to_json",
 ]
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -196,3 +211,157 @@ def full_year_series(draw: st.DrawFn, *, year: int = 2024, max_gap_s: int = 1800
     values = _register(rng, len(ts), decreases=False, rollover=rollover, start_value=99_000.0)
     items = table(item(rollover=rollover, multiplier=float(draw(st.sampled_from([1, 40])))))
     return Series(items, np.zeros(len(ts), np.int64), ts, values, np.zeros(len(ts), np.int32))
+
+
+# -- decoder inputs (tests/test_fuzz_decoders.py) ----------------------------------------
+
+DEC_ENTERPRISE = "91350100M000100Y43"
+DEC_CODE = "01-00-0000-023300-01"
+DEC_TS = 1_764_303_300  # 2025-11-28 12:15:00+08:00, the arrival time of the decoder tests
+
+# Texts with what PostgreSQL refuses (NUL, lone surrogates) and what parsers trip on.
+nasty_text = st.one_of(
+    st.text(st.characters(codec=None, exclude_categories=()), max_size=12),  # includes Cs
+    st.sampled_from(["", "\x00", "\ud800", "a\udfffb", "\u0000\ud800", "٠١٠٠٠٠٠٠٠٢٣٣٠٠٠١", DEC_CODE,
+                     DEC_CODE + "\x00", "2025-11-28T12:15:00+08:00\x00", "2025-11-28T12:15:00+08:00",
+                     "0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59", "NaN", "1e308"]),
+)
+_keys = st.sampled_from(["", "a", "code", "ts", "value", "v", "readings", "items", "\x00", "\ud800"])
+huge_int = st.one_of(st.integers(), st.sampled_from([10**19, 2**64, -(2**63) - 1, 10**400, -(10**400)]))
+any_float = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e308, -1e308, 1e15, 1e15 + 1, 5e-324])
+json_scalar = st.one_of(st.none(), st.booleans(), huge_int, any_float, nasty_text)
+
+
+def json_value(max_leaves: int = 8) -> st.SearchStrategy[Any]:
+    """Any JSON-ish value: scalars of every type (huge integers, NaN, lone surrogates,
+    NUL) in arrays and objects."""
+    return st.recursive(
+        json_scalar,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
+        max_leaves=max_leaves,
+    )
+
+
+# Built once: a strategy made afresh on every draw is validated afresh, which is slow.
+json_small = json_value(4)
+json_any = json_value()
+
+
+def deep(depth: int, leaf: Any = 1, kind: str = "[") -> Any:
+    """A value nested ``depth`` arrays (kind "[") or objects (kind "{") deep, built
+    without recursion."""
+    v = leaf
+    for _ in range(depth):
+        v = [v] if kind == "[" else {"a": v}
+    return v
+
+
+def deep_text(depth: int, kind: str = "[") -> str:
+    return ("[" * depth + "]" * depth) if kind == "[" else ('{"a":' * depth + "1" + "}" * depth)
+
+
+@st.composite
+def reading_objects(draw: st.DrawFn) -> Any:
+    """A reading: mostly the right shape with one or more fields of a wrong type or
+    value, sometimes something else entirely."""
+    good = {"code": DEC_CODE, "ts": draw(st.sampled_from([DEC_TS, "2025-11-28T12:15:00+08:00"])),
+            "value": draw(st.floats(0, 1e6) | st.integers(0, 10**6))}
+    choice = draw(st.integers(0, 9))
+    if choice == 0:
+        return draw(json_any)
+    if choice == 1:
+        return good
+    r = dict(good)
+    for key in draw(st.lists(st.sampled_from(["code", "ts", "value", "extra"]), min_size=1, max_size=3)):
+        r[key] = draw(json_scalar if draw(st.booleans()) else json_small)
+    if draw(st.booleans()):
+        r.pop(draw(st.sampled_from(["code", "ts", "value"])))
+    return r
+
+
+def to_json(value: Any, *, ascii_only: bool) -> str:
+    """JSON text as a gateway might send it: NaN and Infinity literals allowed, lone
+    surrogates as \\u escapes (ascii_only) or, when not, written as they fall (which
+    makes invalid UTF-8 once encoded with surrogatepass)."""
+    return json.dumps(value, ensure_ascii=ascii_only)
+
+
+@st.composite
+def frame_payloads(draw: st.DrawFn) -> bytes:
+    """Readings frames: valid ones, wrong types in every position, deep nesting, huge
+    integers, NaN literals, duplicate keys, NUL and invalid UTF-8, then byte mutations."""
+    frame: dict[str, Any] = {"v": draw(st.sampled_from([1, 1, 1, 1.0, True, 2, "1", None])),
+                             "readings": draw(st.lists(reading_objects(), min_size=0, max_size=5))}
+    if draw(st.booleans()):
+        frame["seq"] = draw(st.sampled_from([0, 7, -1, 2**64, 10**400, 1.5, "3", True, None]))
+    if draw(st.integers(0, 5)) == 0:
+        frame[draw(st.sampled_from(["v", "readings", "seq"]))] = draw(json_any)
+    depth = draw(st.sampled_from([0] * 9 + [10, 900, 1100, 2000]))
+    if depth:  # written as text: json.dumps itself stops near Python's recursion limit
+        frame["readings"] = [draw(reading_objects()), "__deep__"]
+    text = to_json(frame, ascii_only=draw(st.booleans()))
+    text = text.replace('"__deep__"', deep_text(depth, draw(st.sampled_from(["[", "{"]))))
+    if draw(st.integers(0, 5)) == 0:  # a duplicate key: the later one counts
+        dup = draw(st.sampled_from(['"v": 2, ', '"readings": 5, ', '"v": 1, "readings": [], ']))
+        text = "{" + dup + text[1:] if text.startswith("{") else text
+    data = text.encode("utf-8", "surrogatepass")  # a raw surrogate is invalid UTF-8: also wanted
+    return mutate(draw, data) if draw(st.integers(0, 3)) == 0 else data
+
+
+def mutate(draw: st.DrawFn, data: bytes) -> bytes:
+    """A few byte-level edits: flips, insertions (NUL, 0xFF, brackets), deletions, a cut."""
+    b = bytearray(data)
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.integers(0, 3))
+        at = draw(st.integers(0, len(b))) if b else 0
+        if op == 0 and at < len(b):
+            b[at] ^= 1 << draw(st.integers(0, 7))
+        elif op == 1:
+            b[at:at] = draw(st.sampled_from([b"\x00", b"\xff", b"\xed\xa0\x80", b"[", b"{", b'"', b"NaN", b"9" * 400]))
+        elif op == 2:
+            del b[at:at + draw(st.integers(1, 8))]
+        else:
+            del b[at:]
+    return bytes(b)
+
+
+def garbage_frame(seed: int, n: int = 5000) -> bytes:
+    """A frame of ``n`` readings that are nearly all wrong in some way, built from a seed
+    (Hypothesis drawing 5,000 elements one by one would be slow)."""
+    rng = random.Random(seed)
+    pool: list[Any] = [None, True, [], {}, [1], {"a": 1}, "", "x", "\x00", "\ud800", 1.5, -1, 0,
+                       10**30, 1e308, float("nan"), float("inf"), DEC_CODE, DEC_TS, "2025-11-28T12:15:00+08:00"]
+    readings = []
+    for _ in range(n):
+        shape = rng.random()
+        if shape < 0.1:
+            readings.append(rng.choice(pool))
+            continue
+        r = {"code": DEC_CODE, "ts": DEC_TS, "value": rng.random() * 1000}
+        for key in rng.sample(["code", "ts", "value"], rng.randint(1, 3)):
+            r[key] = rng.choice(pool)
+        readings.append(r)
+    return json.dumps({"v": 1, "readings": readings}).encode()
+
+
+@st.composite
+def items_payloads(draw: st.DrawFn) -> bytes:
+    """Items messages (or files, without the envelope): items with wrong types, unknown
+    fields, NUL and lone surrogates in texts, huge numbers, deep nesting."""
+    good = {"code": DEC_CODE, "name": "总进线", "energy": "3300", "unit": "kWh", "kind": "cumulative",
+            "multiplier": 200.0}
+    items = []
+    for _ in range(draw(st.integers(0, 4))):
+        it = dict(good)
+        for key in draw(st.lists(st.sampled_from([*good, "rollover", "min", "max", "scope", "input_type",
+                                                  "coefficient", "enterprise", "multipler"]), max_size=3)):
+            it[key] = draw(json_scalar if draw(st.booleans()) else json_small)
+        items.append(it if draw(st.integers(0, 9)) else draw(json_any))
+    doc: Any = {"v": draw(st.sampled_from([1, 1, 1.0, 2, None])), "items": items}
+    depth = draw(st.sampled_from([0] * 9 + [100, 1100, 2000]))
+    if depth:
+        items.append("__deep__")
+    text = to_json(doc, ascii_only=draw(st.booleans()))
+    data = text.replace('"__deep__"', deep_text(depth, draw(st.sampled_from(["[", "{"])))).encode(
+        "utf-8", "surrogatepass")
+    return mutate(draw, data) if draw(st.integers(0, 3)) == 0 else data

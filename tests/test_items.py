@@ -1,10 +1,22 @@
-"""The items registry: from a file and from the retained MQTT topic, every change recorded."""
+"""The items registry: from a file and from the retained MQTT topic, every change recorded;
+and the parsing of both (unknown fields, characters PostgreSQL refuses, encodings)."""
 
+import codecs
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+from pydantic import ValidationError
+
+from ingest.items import (
+    ItemsError,
+    ItemSpec,
+    _error_text,
+    parse_items_file_bytes,
+    parse_items_payload,
+)
 from tests.harness import Gateway, ServiceProcess, enterprise_code, item, query, wait_for
 from tests.services import ROOT
 
@@ -122,3 +134,129 @@ def test_items_load_never_prints_the_database_password(tmp_path) -> None:
     f.write_text(json.dumps([dict(item("01-00-0000-023300-01"), enterprise=enterprise_code(25))]))
     err = one_line(nhjc("postgresql://nhjc:s3cret-Pw0rd@127.0.0.1:9/nhjc", "items", "load", str(f)))
     assert "s3cret-Pw0rd" not in err and "127.0.0.1:9" in err
+
+# -- parsing (no services) ------------------------------------------------------------------
+
+ENT = enterprise_code(23)
+GOOD = dict(item("01-00-0000-023300-01", multiplier=200.0), name="总进线电表", enterprise=ENT)
+
+
+def file_error(doc: object | str | bytes, encoding: str | None = None) -> ItemsError:
+    data = doc if isinstance(doc, bytes) else (doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False)).encode()
+    with pytest.raises(ItemsError) as e:
+        parse_items_file_bytes(data, encoding)
+    return e.value
+
+
+def payload_bad(entry: object) -> list[tuple[int, str, bytes]]:
+    good, bad = parse_items_payload(json.dumps({"v": 1, "items": [GOOD, entry]}).encode(), ENT)
+    assert [i.code for i in good] == ["01-00-0000-023300-01"]
+    return bad
+
+
+def test_an_unknown_field_is_refused_by_name_from_the_file_and_from_mqtt() -> None:
+    e = file_error([GOOD, dict(GOOD, multipler=12000)])
+    assert (e.reason, str(e)) == ("bad_item", "item [1]: unknown field 'multipler' (did you mean 'multiplier'?)")
+    [(i, why, raw)] = payload_bad(dict(GOOD, multipler=12000))
+    assert (i, why) == (1, "unknown field 'multipler' (did you mean 'multiplier'?)")
+    assert json.loads(raw) == dict(GOOD, multipler=12000)
+    e = file_error([dict(GOOD, colour="red", size=3)])
+    assert str(e) == "item [0]: unknown field 'colour', 'size'"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("name", "a\x00b", "name: Value error, holds a NUL character (\\u0000), which PostgreSQL cannot store"),
+        ("unit", "k\x00Wh", "unit: Value error, holds a NUL character (\\u0000), which PostgreSQL cannot store"),
+        ("name", "a\ud800", "name: Value error, holds a lone surrogate (\\ud800-\\udfff), which is not text"),
+        ("multiplier", 1e300, "multiplier: Input should be less than or equal to 1000000000"),
+        ("multiplier", True, "multiplier: Input should be a valid number"),
+        ("multiplier", "12000", "multiplier: Input should be a valid number"),
+        ("coefficient", 1e10, "coefficient: Input should be less than or equal to 1000000000"),
+        ("rollover", 1e16, "rollover: Input should be less than or equal to 1000000000000000"),
+        ("max", 1e300, "max: Input should be less than or equal to 1000000000000000000000000"),
+        ("scope", 1.0, "scope: Input should be a valid integer"),
+        ("scope", 10**400, "scope: Input should be less than or equal to 4"),
+        ("energy", "３３００", "energy: String should match pattern '^[0-9]{4}$'"),
+        ("code", "٠١٠٠٠٠٠٠٠٢٣٣٠٠٠١", "code: Value error, not a data code pp-uu-eeee-cceeee-dd"),
+        ("name", ["a"], "name: Input should be a valid string"),
+        ("rollover", 1e6, "Value error, rollover applies to cumulative items only"),
+    ],
+)
+def test_a_bad_field_is_refused_with_a_reason(field, value, why) -> None:
+    # Through Python (a lone surrogate or a 400-digit integer cannot pass orjson), then as a file.
+    fields = dict(GOOD, **{field: value}) | ({"kind": "instant"} if field == "rollover" and value == 1e6 else {})
+    with pytest.raises(ValidationError) as e:
+        ItemSpec.model_validate(fields)
+    assert _error_text(e.value) == why
+    if field == "name" and value == "a\ud800":
+        return
+    if field == "scope" and value == 10**400:
+        assert str(file_error("[" + json.dumps(GOOD)[:-1] + ', "scope": 1' + "0" * 400 + "}]")).startswith(
+            "not JSON: number is infinity when parsed as double: line 1 column ")
+        return
+    e2 = file_error([fields])
+    assert (e2.reason, str(e2)) == ("bad_item", f"item [0]: {why}")
+    assert "\x00" not in str(e2)
+    assert payload_bad(fields)[0][1] == why
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "detail"),
+    [
+        (b'{"v": 1, "items": ' + b"[" * 2000 + b"]" * 2000 + b"}", "bad_json",
+         "not UTF-8 JSON: depth limit exceeded: line 1 column "),
+        (b'{"v": 1, "items": [{"name": "\\ud800"}]}', "bad_json",
+         "not UTF-8 JSON: no low surrogate in string: line 1 column "),
+        (b'{"v": 1, "items": ["\xff"]}', "bad_json",
+         "not UTF-8 JSON: str is not valid UTF-8: surrogates not allowed: line 1 column "),
+        (b'{"v": 1.0, "items": []}', "bad_version", "v is 1.0, only 1 is understood"),
+        (b'{"v": [[1]], "items": []}', "bad_version", "v is a JSON array, only 1 is understood"),
+        (b'{"v": 1, "items": {}}', "bad_shape", "items message must be an object with an items array"),
+    ],
+)
+def test_items_message_refused_whole(payload, reason, detail) -> None:
+    with pytest.raises(ItemsError) as e:
+        parse_items_payload(payload, ENT)
+    assert e.value.reason == reason and str(e.value).startswith(detail)
+
+
+def test_a_deeply_nested_bad_item_is_kept_re_encoded() -> None:
+    nested = "[" * 1000 + "]" * 1000
+    good, bad = parse_items_payload(('{"v": 1, "items": [' + nested + "]}").encode(), ENT)
+    assert good == [] and bad == [(0, "an item must be a JSON object, not a JSON array", nested.encode())]
+
+
+def test_file_in_utf8_with_or_without_bom() -> None:
+    text = json.dumps([GOOD], ensure_ascii=False)
+    for data in (text.encode(), codecs.BOM_UTF8 + text.encode()):
+        assert [i.name for i in parse_items_file_bytes(data)] == ["总进线电表"]
+
+
+def test_a_gb18030_file_is_refused_naming_the_encoding_or_read_when_told() -> None:
+    data = json.dumps([GOOD], ensure_ascii=False).encode("gb18030")
+    offset = data.index("总".encode("gb18030"))
+    e = file_error(data)
+    assert (e.reason, str(e)) == ("bad_encoding", f"not UTF-8 (byte 0xD7 at offset {offset}); it looks like "
+                                                  "GB18030/GBK: convert it (iconv -f GB18030 -t UTF-8) or pass --encoding gb18030")
+    for enc in ("gb18030", "GBK", "gb2312"):
+        assert [i.name for i in parse_items_file_bytes(data, enc)] == ["总进线电表"]
+    # A Latin-1 file is not taken for Chinese.
+    latin = json.dumps([dict(GOOD, name="Zähler")], ensure_ascii=False).encode("latin-1")
+    at = latin.index("ä".encode("latin-1"))
+    assert str(file_error(latin)) == (f"not UTF-8 (byte 0xE4 at offset {at}): convert it to UTF-8 "
+                                      "or pass --encoding with the encoding it is in")
+    assert [i.name for i in parse_items_file_bytes(latin, "latin-1")] == ["Zähler"]
+
+
+def test_other_encoding_faults() -> None:
+    text = json.dumps([GOOD], ensure_ascii=False)
+    assert str(file_error(text.encode("utf-16"))).startswith("not UTF-8: it starts with a UTF-16 byte-order mark")
+    assert [i.name for i in parse_items_file_bytes(text.encode("utf-16"), "utf-16")] == ["总进线电表"]
+    assert (file_error(text.encode(), "klingon").reason, str(file_error(text.encode(), "klingon"))) == \
+        ("bad_encoding", "unknown encoding 'klingon'")
+    assert str(file_error(text.encode(), "rot13")).startswith("cannot read the file as 'rot13'")
+    assert str(file_error(text.encode(), "ascii")) == \
+        f"not ascii (byte 0xE6 at offset {text.encode().index('总'.encode())}): pass the encoding the file is in"
+    assert str(file_error(b"[\x00]")).startswith("not JSON: unexpected character")
