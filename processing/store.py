@@ -17,8 +17,9 @@ import asyncpg
 import numpy as np
 
 from ingest.batch import CODE_LEN, ENTERPRISE_LEN, Quarantined, ReadingBatch
+from ingest.frames import pg_text
 
-__all__ = ["Store", "copy_data", "last_per_key", "pg_text", "write_quarantine"]
+__all__ = ["Store", "copy_data", "last_per_key", "write_quarantine"]
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 _TRAILER = (-1).to_bytes(2, "big", signed=True)
@@ -91,14 +92,6 @@ def copy_data(rows: np.ndarray) -> bytes:
         out[f"l_{name}"] = length
         out[name] = rows[name]
     return _HEADER + out.tobytes() + _TRAILER
-
-
-def pg_text(text: str) -> str:
-    """Text PostgreSQL accepts: NUL and what UTF-8 cannot encode (lone surrogates) are
-    written as backslash escapes, everything else unchanged."""
-    if text.isascii() and "\x00" not in text:
-        return text
-    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _quarantine_record(q: Quarantined) -> tuple[object, ...]:
