@@ -104,6 +104,7 @@ class Collector:
         self._stopped = False  # shutdown: never read again
         self._reading = False  # our reader is registered on the socket
         self._resume_soon = False
+        self._leaving = False
         self._sock: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected_evt = asyncio.Event()
@@ -145,6 +146,8 @@ class Collector:
 
     def _add_reader(self, sock: Any) -> None:
         assert self._loop is not None
+        if sock.fileno() == -1:  # closed while this call waited its turn
+            return
         self._sock = sock
         self._reading = False
         self._sync_reader()
@@ -244,7 +247,7 @@ class Collector:
         self._connected_evt.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self.connected:
+        if self.connected and not self._leaving:
             log.warning("disconnected from broker: %s", reason)
         self.connected = False
         self._on_state(False)
@@ -345,6 +348,7 @@ class Collector:
             await asyncio.wait_for(done.wait(), seconds)
 
     async def _disconnect(self) -> None:
+        self._leaving = True  # our own disconnect: not worth a warning
         if self.connected:
             self._disconnected_evt.clear()
             self._client.disconnect()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -25,7 +26,6 @@ from paho.mqtt.properties import Properties
 from ingest.collector import Collector, Message
 from tests.harness import ServiceProcess, count, enterprise_code, item, query, wait_for
 from tests.services import Mosquitto, free_port
-from tests.test_faults import hold_insert_lock
 from tests.tls import make_ca_and_server
 
 WINDOW = 20
@@ -56,6 +56,13 @@ def publish(port: int, topic: str, payloads: list[bytes]) -> None:
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def hold_insert_lock(dsn: str) -> psycopg.Connection:
+    """A transaction holding SHARE on readings: inserts block, reads go on."""
+    conn = psycopg.connect(dsn)
+    conn.execute("LOCK TABLE readings IN SHARE MODE")
+    return conn
 
 
 def payloads(n: int, tag: str) -> list[bytes]:
