@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+import threading
 import time
 import uuid
 from collections import Counter
@@ -41,8 +42,9 @@ def greedy(tmp_path_factory: pytest.TempPathFactory):
     b.stop()
 
 
-def publish(port: int, topic: str, payloads: list[bytes]) -> None:
-    """Publish at QoS 1 with a wide in-flight window; returns once the broker has all."""
+def publish(port: int, topic: str, payloads: list[bytes], qos: int = 1) -> None:
+    """Publish with a wide in-flight window; returns once the broker has all (QoS 1) or
+    all are written (QoS 0)."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}",
                     protocol=mqtt.MQTTv5)
     c.max_inflight_messages_set(1000)
@@ -50,7 +52,7 @@ def publish(port: int, topic: str, payloads: list[bytes]) -> None:
     c.connect("127.0.0.1", port)
     c.loop_start()
     try:
-        for info in [c.publish(topic, p, qos=1) for p in payloads]:
+        for info in [c.publish(topic, p, qos=qos) for p in payloads]:
             info.wait_for_publish(30)
             assert info.is_published()
     finally:
@@ -160,6 +162,8 @@ def test_the_broker_ignores_the_receive_maximum_we_announce(greedy: Mosquitto) -
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"raw-{uuid.uuid4().hex[:6]}",
                     protocol=mqtt.MQTTv5, manual_ack=True)
     c.on_message = lambda client, userdata, msg: got.append(msg.mid)
+    subscribed = threading.Event()
+    c.on_subscribe = lambda *args: subscribed.set()
     props = Properties(PacketTypes.CONNECT)
     props.ReceiveMaximum = WINDOW
     props.SessionExpiryInterval = 300
@@ -167,7 +171,7 @@ def test_the_broker_ignores_the_receive_maximum_we_announce(greedy: Mosquitto) -
     c.subscribe(TOPIC, qos=1)
     c.loop_start()
     try:
-        time.sleep(0.3)
+        assert subscribed.wait(10)
         publish(greedy.port, TOPIC, payloads(2000, "raw"))
         acked, peak = 0, 0
         deadline = time.monotonic() + 30
@@ -205,6 +209,25 @@ async def test_full_window_stops_reading_and_acks_resume_until_all_delivered(gre
         await d.stop()
 
 
+async def test_qos0_messages_count_in_the_window_until_handed_back(greedy: Mosquitto) -> None:
+    d = await Drive(greedy.url, f"window-qos0-{uuid.uuid4().hex[:6]}").start()
+    try:
+        await asyncio.to_thread(publish, greedy.port, TOPIC, [b"hello"])
+        await until(lambda: d.c.queue.qsize() == 1, 10, "the subscription")
+        d.ack(d.take())
+        sent = payloads(300, "qos0")
+        await asyncio.to_thread(publish, greedy.port, TOPIC, sent, 0)
+        await until(lambda: d.c.queue.qsize() >= WINDOW, 10, "the window to fill")
+        await asyncio.sleep(0.5)
+        assert d.c.queue.qsize() == WINDOW and d.c.window_paused
+        await d.ack_slowly(1 + len(sent))
+        assert d.peak == WINDOW
+        assert [m.payload for m in d.taken[1:]] == sent  # QoS 0: nothing to redeliver, nothing lost
+        assert all(m.handle.qos == 0 for m in d.taken[1:])
+    finally:
+        await d.stop()
+
+
 async def test_shutdown_pause_is_not_undone_by_freeing_the_window(greedy: Mosquitto) -> None:
     client_id, sent = await backlog(greedy, 100, "pause")
     d = await Drive(greedy.url, client_id).start()
@@ -232,12 +255,12 @@ async def test_shutdown_pause_is_not_undone_by_freeing_the_window(greedy: Mosqui
 async def test_pause_longer_than_keepalive_reconnects_and_loses_nothing(greedy: Mosquitto) -> None:
     window = 10
     client_id, sent = await backlog(greedy, 60, "keepalive")
-    d = await Drive(greedy.url, client_id, window=window, keepalive_s=1).start()
+    d = await Drive(greedy.url, client_id, window=window, keepalive_s=2).start()
     try:
         await until(lambda: d.c.queue.qsize() >= window, 10, "the window to fill")
         # Unread, the PINGRESP never arrives: paho times the connection out.
         await until(lambda: not d.c.connected, 10, "the keepalive time-out")
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(2.0)
         assert not d.c.connected  # no reconnect while the window is full
         assert d.c.unacked == window and d.c.queue.qsize() == window
         old = d.take()
