@@ -115,13 +115,13 @@ class Drive:
         self.handed_back += len(msgs)
         return self.c.ack([m.handle for m in msgs])
 
-    async def ack_slowly(self, until: int, per_step: int = 7, timeout: float = 60) -> None:
-        """Take and acknowledge a few at a time until ``until`` have been handed back."""
+    async def ack_slowly(self, upto: int, per_step: int = 7, timeout: float = 60) -> None:
+        """Take and acknowledge a few at a time until ``upto`` have been handed back."""
         deadline = time.monotonic() + timeout
-        while self.handed_back < until:
-            assert time.monotonic() < deadline, f"only {len(self.taken)} of {until} delivered"
+        while self.handed_back < upto:
+            assert time.monotonic() < deadline, f"only {len(self.taken)} of {upto} delivered"
             self.take()
-            self.ack(self.taken[self.handed_back:min(self.handed_back + per_step, until)])
+            self.ack(self.taken[self.handed_back:min(self.handed_back + per_step, upto)])
             await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
