@@ -3,12 +3,22 @@
 - MQTT 5, fixed client id, clean start off and a session expiry: the broker keeps our
   subscriptions and queues messages while we are away.
 - QoS 1 with manual acknowledgement: a message is acknowledged only when the service
-  says its rows are committed (``ack``).  The Receive Maximum we announce bounds how
-  many unacknowledged messages the broker sends us, so a slow database stops intake
-  at the broker instead of growing our memory.
+  says its rows are committed (``ack``).
+- The receive window is ours to keep: at most ``receive_maximum`` messages are inside
+  the process (received, not yet handed back to ``ack``), whatever the broker sends.
+  We announce it as the MQTT 5 Receive Maximum, but a broker need not honour it
+  (Mosquitto with ``max_inflight_messages 0`` does not), so when the window is full
+  we stop reading the socket and the rest waits in the broker's queue.  paho parses
+  packets only when we call ``loop_read``, which reads one packet here (paho 2.2 reads
+  more only while it holds QoS 2 or outgoing messages; we subscribe at QoS 1 and
+  publish nothing), so the window is never exceeded, not even by one message.
+- While reading is paused the broker's PINGRESP cannot be read either: a pause longer
+  than the keepalive ends the connection (paho's keepalive time-out).  We reconnect
+  once the window has room again; the broker redelivers what the old connection left
+  unacknowledged and the database keys absorb the duplicates.
 - Reconnects with jittered exponential backoff.  Handles of a previous connection are
-  never acknowledged on a new one (packet ids are reused): the broker redelivers those
-  messages and the database keys absorb the duplicate.
+  never acknowledged on a new one (packet ids are reused): they still leave the window
+  when handed to ``ack``, and the broker redelivers their messages.
 """
 
 from __future__ import annotations
@@ -82,10 +92,19 @@ class Collector:
         self._topics = subscriptions(share_group)
         self._on_state = on_state or (lambda connected: None)
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
-        self.unacked = 0
         self.connected = False
+        self.peak_unacked = 0  # the most messages held at once since start
         self._generation = 0
-        self._paused = False
+        # The window: messages received and not yet handed back to ``ack``, of this
+        # connection and of earlier ones alike (they are in memory all the same).
+        self._held: set[tuple[int, int]] = set()  # (generation, mid) of QoS 1/2 messages
+        self._held_qos0 = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._stopped = False  # shutdown: never read again
+        self._reading = False  # our reader is registered on the socket
+        self._resume_soon = False
+        self._leaving = False
         self._sock: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected_evt = asyncio.Event()
@@ -127,9 +146,11 @@ class Collector:
 
     def _add_reader(self, sock: Any) -> None:
         assert self._loop is not None
+        if sock.fileno() == -1:  # closed while this call waited its turn
+            return
         self._sock = sock
-        if not self._paused:
-            self._loop.add_reader(sock, self._client.loop_read)
+        self._reading = False
+        self._sync_reader()
         if self._misc is None or self._misc.done():
             self._misc = self._loop.create_task(self._misc_loop(), name="mqtt-misc")
 
@@ -138,6 +159,59 @@ class Collector:
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
         self._sock = None
+        self._reading = False
+
+    # --- the receive window ---
+    @property
+    def unacked(self) -> int:
+        """Messages inside the process: received and not yet handed back to ``ack``."""
+        return len(self._held) + self._held_qos0
+
+    @property
+    def window_paused(self) -> bool:
+        """True while we leave the socket unread because the window is full."""
+        return self.unacked >= self._receive_maximum
+
+    def _want_read(self) -> bool:
+        return self._sock is not None and not self._stopped and self.unacked < self._receive_maximum
+
+    def _sync_reader(self) -> None:
+        assert self._loop is not None
+        want = self._want_read()
+        if want and not self._reading:
+            self._loop.add_reader(self._sock, self._read)
+        elif self._reading and not want and self._sock is not None:
+            self._loop.remove_reader(self._sock)
+        self._reading = want
+
+    def _pending(self) -> int:
+        # An ssl socket may hold decrypted bytes of further packets: the selector sees
+        # only the kernel's buffer and would not wake us for them.
+        pending = getattr(self._sock, "pending", None)
+        return pending() if pending is not None else 0
+
+    def _read(self) -> None:
+        # Called only while the window has room; each loop_read parses one packet.
+        self._client.loop_read()
+        while self._want_read() and self._pending():
+            self._client.loop_read()
+        self._sync_reader()
+
+    def _resume(self) -> None:
+        self._resume_soon = False
+        if self._sock is None:
+            return
+        self._sync_reader()
+        if self._reading and self._pending():
+            self._read()
+
+    def _window_changed(self) -> None:
+        held = self.unacked
+        self.peak_unacked = max(self.peak_unacked, held)
+        if held < self._receive_maximum:
+            self._room.set()
+        else:
+            self._room.clear()
 
     def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self._threadsafe(self._set_writer, sock, True)
@@ -166,7 +240,6 @@ class Collector:
             self._disconnected_evt.set()
             return
         self._generation += 1
-        self.unacked = 0
         self.connected = True
         self._on_state(True)
         log.info("connected to %s:%s (session present: %s)", self._host, self._port, flags.session_present)
@@ -174,7 +247,7 @@ class Collector:
         self._connected_evt.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self.connected:
+        if self.connected and not self._leaving:
             log.warning("disconnected from broker: %s", reason)
         self.connected = False
         self._on_state(False)
@@ -184,33 +257,56 @@ class Collector:
         received = time.time_ns() // 1000
         handle = Handle(self._generation, msg.mid, msg.qos)
         if msg.qos > 0:
-            self.unacked += 1
+            self._held.add((handle.generation, handle.mid))
+        else:
+            self._held_qos0 += 1
+        self._window_changed()
         self.queue.put_nowait(Message(msg.topic, msg.payload, received, handle))
 
     # --- public ---
     def ack(self, handles: Iterable[Handle]) -> int:
-        """Acknowledge messages whose rows are committed; returns how many were sent."""
+        """Acknowledge messages whose rows are committed; returns how many were sent.
+
+        Every message received must come back here exactly once, when it is done with:
+        that is what frees its place in the window.  Handles of an earlier connection
+        free their place but are not sent (the broker redelivers those messages)."""
         sent = 0
         for h in handles:
             if h.qos == 0:
+                self._held_qos0 = max(0, self._held_qos0 - 1)
                 continue
+            key = (h.generation, h.mid)
+            if key not in self._held:
+                continue
+            self._held.discard(key)
             if h.generation == self._generation and self.connected:
                 self._client.ack(h.mid, h.qos)
-                self.unacked -= 1
                 sent += 1
+        self._window_changed()
+        if self._want_read() and not self._reading and not self._resume_soon and self._loop is not None:
+            self._resume_soon = True
+            self._loop.call_soon(self._resume)
         return sent
 
     def pause(self) -> None:
-        """Stop reading from the broker (shutdown): acknowledgements can still be sent."""
-        self._paused = True
-        if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._sock)
+        """Stop reading from the broker (shutdown), for good: acknowledgements can still
+        be sent, and freeing the window does not resume reading."""
+        self._stopped = True
+        if self._loop is not None and self._sock is not None:
+            self._sync_reader()
 
     async def run(self, done: asyncio.Event) -> None:
         """Stay connected until ``done`` is set, then disconnect (keeping the session)."""
         self._loop = asyncio.get_running_loop()
         delay = self._backoff[0]
         while not done.is_set():
+            if not self._room.is_set():
+                # A connection lost while the window was full (a pause longer than the
+                # keepalive): connect again only once there is room to read the CONNACK.
+                log.info("receive window full (%d messages held): reconnecting once some are committed",
+                         self.unacked)
+                await self._wait_room(done)
+                continue
             self._connected_evt.clear()
             self._disconnected_evt.clear()
             props = Properties(PacketTypes.CONNECT)
@@ -240,11 +336,19 @@ class Collector:
             delay = min(delay * 2, self._backoff[1])
         await self._disconnect()
 
+    async def _wait_room(self, done: asyncio.Event) -> None:
+        room = asyncio.ensure_future(self._room.wait())
+        finished = asyncio.ensure_future(done.wait())
+        await asyncio.wait({room, finished}, return_when=asyncio.FIRST_COMPLETED)
+        room.cancel()
+        finished.cancel()
+
     async def _interruptible_sleep(self, seconds: float, done: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), seconds)
 
     async def _disconnect(self) -> None:
+        self._leaving = True  # our own disconnect: not worth a warning
         if self.connected:
             self._disconnected_evt.clear()
             self._client.disconnect()

@@ -39,6 +39,11 @@ class IngestMetrics:
             ["since"], buckets=_LAG_BUCKETS, registry=registry)
         self.queue_depth = Gauge("nhjc_queue_depth", "Messages received, waiting for a batch", registry=registry)
         self.unacked = Gauge("nhjc_unacked_messages", "Messages received and not yet acknowledged", registry=registry)
+        self.unacked_peak = Gauge(
+            "nhjc_unacked_messages_peak", "The most messages held unacknowledged at once since start", registry=registry)
+        self.window_paused = Gauge(
+            "nhjc_ingest_window_paused", "1 while the broker is not read because the receive window is full",
+            registry=registry)
         self.broker_up = Gauge("nhjc_broker_connected", "1 when connected to the broker", registry=registry)
         self.database_up = Gauge("nhjc_database_up", "1 when the last database operation succeeded", registry=registry)
         self.write_retries = Counter(

@@ -241,6 +241,8 @@ class Service:
             collector = self.collector
             self.metrics.queue_depth.set_function(collector.queue.qsize)
             self.metrics.unacked.set_function(lambda: collector.unacked)
+            self.metrics.unacked_peak.set_function(lambda: collector.peak_unacked)
+            self.metrics.window_paused.set_function(lambda: 1 if collector.window_paused else 0)
             i = s.ingest
             batcher = Batcher(
                 self.collector.queue, registry=registry_cache, apply_items=self._apply_items,
