@@ -71,6 +71,8 @@ class DatabaseSettings(_Section):
     url: str = "postgresql://nhjc@127.0.0.1:5432/nhjc"
     pool_size: int = Field(4, ge=1, le=100)
     command_timeout_s: float = Field(60.0, gt=0)
+    # How long a new connection may take (a stalled database must not hold a stage).
+    connect_timeout_s: float = Field(10.0, gt=0)
 
     @field_validator("url")
     @classmethod

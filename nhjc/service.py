@@ -11,8 +11,8 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -27,7 +27,8 @@ from ingest.metrics import IngestMetrics
 from nhjc.http import HttpEndpoint
 from processing.aggregator import Aggregator
 from processing.completeness import CompletenessUpdater
-from processing.dberrors import RETRYABLE
+from processing.dberrors import RETRYABLE, DatabaseHealth, is_retryable
+from processing.dbpool import open_pool
 from processing.migrate import available
 from processing.registry import known_codes, upsert_items
 from processing.store import Store
@@ -39,6 +40,13 @@ log = logging.getLogger("nhjc.service")
 
 SHUTDOWN_GRACE_S = 10.0
 COMPLETENESS_INTERVAL_S = 60.0
+# The readiness probe: SELECT 1 this often, on a connection of its own, each try with
+# this deadline; a stall is reported within PROBE_EVERY_S + PROBE_DEADLINE_S.
+PROBE_EVERY_S = 1.0
+PROBE_DEADLINE_S = 2.0
+RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
+
+T = TypeVar("T")
 
 
 class SchemaError(RuntimeError):
@@ -67,26 +75,94 @@ class Service:
         self._stopping = asyncio.Event()  # stop reading; drain what is in hand
         self._ingest_done = asyncio.Event()  # everything in hand committed and acknowledged
         self._finished = asyncio.Event()  # every stage has returned
-        self._db_ok = False
+        # What every stage and the probe last found; one log line per change of state.
+        self.health = DatabaseHealth(self.registry, on_change=lambda up: self.metrics.database_up.set(1 if up else 0))
 
     # --- readiness -----------------------------------------------------------------
     def ready(self) -> dict[str, bool]:
-        return {"broker": bool(self.collector and self.collector.connected), "database": self._db_ok}
+        return {"broker": bool(self.collector and self.collector.connected), "database": self.health.up is True}
 
-    def _db_state(self, ok: bool) -> None:
-        self._db_ok = ok
-        self.metrics.database_up.set(1 if ok else 0)
+    def not_ready_reasons(self) -> dict[str, str]:
+        """Why the parts that are down are down (for /readyz)."""
+        reasons = {}
+        if self.health.up is not True:
+            reasons["database"] = self.health.reason or "not checked yet"
+        if not (self.collector and self.collector.connected):
+            reasons["broker"] = "not connected"
+        return reasons
+
+    def _db_state(self, ok: bool, exc: BaseException | None = None, stage: str = "ingest") -> None:
+        if ok:
+            self.health.succeeded(stage)
+        else:
+            self.health.failed(stage, exc or ConnectionError("database unavailable"))
 
     async def _watch_database(self) -> None:
-        assert self.pool is not None
-        while not self._stopping.is_set():
-            try:
-                await self.pool.fetchval("SELECT 1", timeout=5)
-                self._db_state(True)
-            except (*RETRYABLE, asyncpg.PostgresError):
-                self._db_state(False)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 5)
+        """The readiness probe.  Not a wait for a pooled connection (all of them may be
+        stuck in a stall): its own connection, reconnected when lost, and a deadline."""
+        loop = asyncio.get_running_loop()
+        conn: asyncpg.Connection | None = None
+        try:
+            while not self._stopping.is_set():
+                started = loop.time()
+                conn, exc = await self._probe(conn)
+                if exc is None:
+                    self.health.succeeded("probe")
+                else:
+                    self.health.failed("probe", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), max(0.0, PROBE_EVERY_S - (loop.time() - started)))
+        finally:
+            if conn is not None:
+                conn.terminate()
+
+    async def _probe(self, conn: asyncpg.Connection | None) -> tuple[asyncpg.Connection | None, BaseException | None]:
+        """SELECT 1 within PROBE_DEADLINE_S: (the connection to keep, None) or (None, the
+        error).  A lost connection (terminated, the server restarted) is replaced at once
+        within the same deadline, so it alone never makes the service unready."""
+        try:
+            async with asyncio.timeout(PROBE_DEADLINE_S):
+                while True:
+                    reused = conn is not None
+                    try:
+                        if conn is None:
+                            conn = await asyncpg.connect(self.settings.database.url, timeout=PROBE_DEADLINE_S,
+                                                         server_settings={"application_name": "nhjc-probe"})
+                        await conn.fetchval("SELECT 1")
+                        return conn, None
+                    except (*RETRYABLE, asyncpg.PostgresError) as exc:
+                        if conn is not None:
+                            conn.terminate()
+                            conn = None
+                        if isinstance(exc, TimeoutError) or not reused:
+                            raise
+        except TimeoutError:
+            if conn is not None:
+                conn.terminate()
+            return None, TimeoutError(f"no answer to SELECT 1 within {PROBE_DEADLINE_S:.0f}s")
+        except (*RETRYABLE, asyncpg.PostgresError) as exc:
+            return None, exc
+
+    def _until_database(self, stage: str, op: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """op, retried with backoff while the database is away.  For the ingest's own
+        look-ups (the items registry): the message in hand stays unacknowledged meanwhile,
+        and shutdown's grace period bounds the wait."""
+        async def retrying(*args: Any) -> T:
+            delay = RETRY_MIN_S
+            while True:
+                try:
+                    result = await op(*args)
+                except Exception as exc:
+                    if not is_retryable(exc):
+                        raise
+                    self.health.failed(stage, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                self.health.succeeded(stage)
+                return result
+
+        return retrying
 
     # --- ingest ----------------------------------------------------------------------
     async def _apply_items(self, items: list[ItemSpec], source: str) -> None:
@@ -99,7 +175,7 @@ class Service:
     async def _commit(self, batch: ReadingBatch, store: Store) -> bool:
         """Write the batch, retrying while the database is away.  False when shutdown
         came before the database did (nothing acknowledged: the broker redelivers)."""
-        delay = 0.2
+        delay = RETRY_MIN_S
         give_up_at: float | None = None
         while True:
             started = time.perf_counter()
@@ -107,15 +183,14 @@ class Service:
                 written = await store.write(batch)
                 break
             except RETRYABLE as exc:
-                self._db_state(False)
+                self._db_state(False, exc)
                 self.metrics.write_retries.inc()
-                log.warning("batch of %d readings not committed (%s); retrying", len(batch), exc)
             if self._stopping.is_set():
                 give_up_at = give_up_at or time.monotonic() + SHUTDOWN_GRACE_S
                 if time.monotonic() > give_up_at:
                     return False
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, RETRY_MAX_S)
         self._db_state(True)
         assert self.collector is not None
         self.collector.ack(batch.handles)
@@ -156,14 +231,15 @@ class Service:
     # --- lifecycle ---------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        self.pool = await asyncpg.create_pool(
-            s.database.url, min_size=1, max_size=s.database.pool_size,
-            command_timeout=s.database.command_timeout_s,
+        self.pool = await open_pool(
+            s.database.url, max_size=s.database.pool_size,
+            command_timeout_s=s.database.command_timeout_s, connect_timeout_s=s.database.connect_timeout_s,
         )
         try:
             await check_schema(self.pool)
-            self._db_state(True)
-            registry_cache = RegistryCache(lambda: known_codes(self.pool))  # type: ignore[arg-type]
+            self._db_state(True, stage="start")
+            pool = self.pool
+            registry_cache = RegistryCache(self._until_database("registry", lambda: known_codes(pool)))
             await registry_cache.reload(force=True)
             m = s.mqtt
             self.collector = Collector(
@@ -179,14 +255,15 @@ class Service:
             self.metrics.unacked.set_function(lambda: collector.unacked)
             i = s.ingest
             batcher = Batcher(
-                self.collector.queue, registry=registry_cache, apply_items=self._apply_items,
+                self.collector.queue, registry=registry_cache,
+                apply_items=self._until_database("items", self._apply_items),
                 limits=FrameLimits(i.max_frame_bytes, i.max_readings_per_frame,
                                    i.early_tolerance_s, i.late_horizon_s),
                 batch_rows=i.batch_rows, batch_ms=i.batch_ms,
             )
             store = Store(self.pool)
             self.http = HttpEndpoint(host=s.metrics.host, port=s.metrics.port,
-                                     registry=self.registry, ready=self.ready)
+                                     registry=self.registry, ready=self.ready, reasons=self.not_ready_reasons)
             http_stop = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.http.run(http_stop), name="http")
@@ -208,7 +285,10 @@ class Service:
                     ingest.cancel()
                 http_stop.set()
         finally:
-            await self.pool.close()
+            try:  # a graceful close waits on the server: bounded, for a stalled one
+                await asyncio.wait_for(self.pool.close(), PROBE_DEADLINE_S)
+            except (TimeoutError, *RETRYABLE):
+                self.pool.terminate()
             self._finished.set()
 
     def _more_stages(self, stop: asyncio.Event) -> list[tuple[str, Coroutine[Any, Any, None]]]:
@@ -218,8 +298,8 @@ class Service:
         s = self.settings
         p = s.processing
         aggregator = Aggregator(self.pool, timezone=p.timezone, max_gap_s=p.max_gap_s,
-                                stuck_after_s=p.stuck_after_s, registry=self.registry)
-        completeness = CompletenessUpdater(self.pool, self.registry, timezone=p.timezone)
+                                stuck_after_s=p.stuck_after_s, registry=self.registry, health=self.health)
+        completeness = CompletenessUpdater(self.pool, self.registry, timezone=p.timezone, health=self.health)
         stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("aggregator", aggregator.run(stop, p.interval_ms / 1000)),
             ("completeness", completeness.run(stop, COMPLETENESS_INTERVAL_S)),
@@ -227,7 +307,8 @@ class Service:
         targets = {name: t for name, t in s.uplink.targets.items() if t.enabled}
         if targets:
             self.uplink = Uplink(self.pool, targets, timezone=p.timezone, registry=self.registry,
-                                 interval_s=s.uplink.interval_ms / 1000, settle_s=s.uplink.settle_s)
+                                 interval_s=s.uplink.interval_ms / 1000, settle_s=s.uplink.settle_s,
+                                 health=self.health)
             stages.append(("uplink", self.uplink.run(stop)))
         return stages
 

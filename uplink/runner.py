@@ -43,7 +43,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from config.settings import TargetSettings
-from processing.dberrors import RETRYABLE
+from processing.dberrors import DatabaseHealth, is_retryable
 from uplink.adapters import FLAVOURS, Adapter, Registration, make_adapter
 from uplink.errors import RejectedError, RetryableError
 from uplink.http import client_ssl_context
@@ -91,8 +91,9 @@ class TargetRunner:
 
     def __init__(self, name: str, settings: TargetSettings, *, pool: asyncpg.Pool, tz: ZoneInfo,
                  metrics: UplinkMetrics, clock: Clock, interval_s: float, settle_s: float,
-                 rng: random.Random) -> None:
+                 rng: random.Random, health: DatabaseHealth | None = None) -> None:
         self.name = name
+        self._health = health if health is not None else DatabaseHealth()
         self.settings = settings
         self.loops = 0
         self._tz = tz
@@ -143,10 +144,15 @@ class TargetRunner:
                     await self._plan()
                     busy = await self._send_round(stop)
                     await self._housekeeping()
-                except RETRYABLE as exc:
-                    log.warning("uplink %s: database trouble, trying again: %s", self.name, exc)
-                except Exception:  # a bug must not silence the target for good
-                    log.exception("uplink %s: unexpected error, trying again", self.name)
+                except Exception as exc:
+                    # The database away (also inside a round's task group): one line per
+                    # outage from health; the outbox keeps every row for the next loop.
+                    if is_retryable(exc):
+                        self._health.failed(f"uplink {self.name}", exc)
+                    else:  # a bug must not silence the target for good
+                        log.exception("uplink %s: unexpected error, trying again", self.name)
+                else:
+                    self._health.succeeded(f"uplink {self.name}")
                 self.loops += 1
                 if not busy:
                     await _sleep_or_stop(stop, self._interval_s)
@@ -422,13 +428,13 @@ class Uplink:
     def __init__(self, pool: asyncpg.Pool, targets: dict[str, TargetSettings], *, timezone: str,
                  registry: CollectorRegistry | None = None, clock: Clock = utc_now,
                  interval_s: float = 1.0, settle_s: float = 60.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, health: DatabaseHealth | None = None) -> None:
         tz = ZoneInfo(timezone)
         self.metrics = UplinkMetrics(registry if registry is not None else CollectorRegistry())
         rng = rng or random.Random()
         self.runners: dict[str, TargetRunner] = {
             name: TargetRunner(name, t, pool=pool, tz=tz, metrics=self.metrics, clock=clock,
-                               interval_s=interval_s, settle_s=settle_s, rng=rng)
+                               interval_s=interval_s, settle_s=settle_s, rng=rng, health=health)
             for name, t in targets.items() if t.enabled
         }
 
