@@ -46,12 +46,13 @@ class BoundedPool(asyncpg.Pool):
             log.debug("a connection died on its way back to the pool (%s); it is replaced", describe(exc))
 
 
-async def open_pool(url: str, *, max_size: int, command_timeout_s: float, connect_timeout_s: float,
-                    min_size: int = 1) -> BoundedPool:
-    """A pool with deadlines on connecting, acquiring and every command; connects
-    ``min_size`` connections before returning (so raises if the database is away)."""
+async def open_pool(url: str, *, max_size: int, command_timeout_s: float, connect_timeout_s: float) -> BoundedPool:
+    """A pool with deadlines on connecting, acquiring and every command.  It connects on
+    first use (the caller's first query says whether the database is there): with no
+    floor of idle connections, asyncpg keeps no background task reconnecting while the
+    database is away, which would log a traceback per attempt."""
     pool = BoundedPool(
-        url, min_size=min_size, max_size=max_size, max_queries=50_000,
+        url, min_size=0, max_size=max_size, max_queries=50_000,
         max_inactive_connection_lifetime=300.0, loop=None,
         connection_class=asyncpg.Connection, record_class=asyncpg.Record,
         command_timeout=command_timeout_s, timeout=connect_timeout_s,

@@ -198,7 +198,11 @@ def check_accounting(dsn: str, load: Load, platform: str, svc: ServiceProcess) -
     for r in delivered:
         assert r["enterpriseCode"] == load.ent
         if r["dataCode"] != TOTAL_CODE:
-            assert r["dataValue"] == pytest.approx(PER_QUARTER)
+            assert r["dataValue"] == pytest.approx(PER_QUARTER), (r, query(
+                dsn, "SELECT o.*, c.value, c.revision, c.computed_at FROM uplink_outbox o JOIN consumption c"
+                     " USING (enterprise, code, stat_type, period_start) WHERE o.code = %s AND o.stat_type = 0"
+                     " AND to_char(o.period_start AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') = %s",
+                r["dataCode"], r["statDate"]))
     resends = sum(r["count"] - 1 for r in delivered)
     return {"platform_resends": resends, "database_retries": metric_sum(svc, "nhjc_database_retries_total")}
 

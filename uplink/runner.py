@@ -115,7 +115,7 @@ class TargetRunner:
         self._windows: dict[int, tuple[datetime, datetime]] = {}
         self._seen = 0     # revisions up to here were fed once
         self._cursor = 0   # ... and up to here fed again after settling (persisted)
-        self._marks: deque[tuple[float, int]] = deque()  # (monotonic, last revision) seen
+        self._marks: deque[tuple[float, int, datetime]] = deque()  # (monotonic, last revision, db clock)
         self._registrations: dict[str, Registration] = {}
         self._configured: dict[str, tuple[str, frozenset[str]]] = {}  # hash, data codes
         self._failures = 0
@@ -184,20 +184,26 @@ class TargetRunner:
                 self._windows[s] = (self._windows[s][0], end)
                 self._metrics.queued(self.name, "schedule", n)
         # Late data: the fast path looks at revisions handed out since the last look...
-        last = await self.outbox.last_revision()
+        last, read_at = await self.outbox.revision_mark()
         if last > self._seen:
             n = await self.outbox.feed(self._seen, last, self._windows, now)
             self._seen = last
             self._metrics.queued(self.name, "revision", n)
         # ... and once a revision has settled (its transaction surely finished), its
         # range is looked at once more: a transaction that took revision 100 may commit
-        # after one that took 101 was seen.
+        # after one that took 101 was seen.  Settled means settle_s old and no
+        # transaction open that began before it was seen: a database stall longer than
+        # settle_s holds a transaction open that long, and its revisions must not be
+        # passed over.
         mono = _time.monotonic()
         if not self._marks or self._marks[-1][1] < last:
-            self._marks.append((mono, last))
+            self._marks.append((mono, last, read_at))
         settled = None
-        while self._marks and self._marks[0][0] <= mono - self._settle_s:
-            settled = self._marks.popleft()[1]
+        if self._marks and self._marks[0][0] <= mono - self._settle_s:
+            oldest = await self.outbox.oldest_open_transaction()
+            while (self._marks and self._marks[0][0] <= mono - self._settle_s
+                   and (oldest is None or oldest > self._marks[0][2])):
+                settled = self._marks.popleft()[1]
         if settled is not None and settled > self._cursor:
             n = await self.outbox.feed(self._cursor, settled, self._windows, now)
             self._metrics.queued(self.name, "revision", n)
