@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 
 from tests.adversity import PrivatePostgres, TcpProxy
@@ -366,3 +367,28 @@ def test_stalling_then_dropping_proxy(broker, db, platform, tmp_path, record_pro
     down, _ = check_log(tmp_path / "svc.log", faults=3)
     assert down >= 2  # the two stalls at least
     report(record_property, "proxy stall/drop", {**figures, "outages_logged": down})
+
+
+def test_a_revision_committed_after_settle_s_still_reaches_the_target(broker, db, platform, tmp_path) -> None:
+    """A stalled database holds a transaction open longer than uplink.settle_s: the
+    revision it took was seen (and passed) before it committed.  The target still gets
+    the value it committed."""
+    ent = enterprise_code(84)
+    code = "00-00-0000-023300-01"
+    gw = Gateway(broker.url, ent, gateway="gw-late")
+    gw.items([item(code)])
+    svc = service(broker, db, platform, tmp_path).start()
+    try:
+        start = int(time.time() - 120) // 900 * 900 - 900
+        gw.readings([{"code": code, "ts": start + 60 * i, "value": 100.0 + 2 * i} for i in range(16)])
+        first = (code, local(start))
+        wait_for(lambda: delivered(platform).get(first) == 30.0, 30, "the period at the platform")
+        with psycopg.connect(db) as conn:  # one transaction, open 3 x settle_s
+            conn.execute("UPDATE consumption SET value = 31.5, revision = nextval('consumption_revision')"
+                         " WHERE enterprise = %s AND code = %s AND stat_type = 0 AND period_start = to_timestamp(%s)",
+                         (ent, code, start))
+            time.sleep(3)
+        wait_for(lambda: delivered(platform).get(first) == 31.5, 15, "the late commit's value at the platform")
+    finally:
+        assert svc.stop() == 0
+        gw.close()
