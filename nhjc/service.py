@@ -236,7 +236,11 @@ class Service:
             command_timeout_s=s.database.command_timeout_s, connect_timeout_s=s.database.connect_timeout_s,
         )
         try:
-            await check_schema(self.pool)
+            try:
+                await check_schema(self.pool)
+            except TimeoutError:  # asyncpg's says nothing: name what timed out
+                raise TimeoutError(f"no answer within {s.database.connect_timeout_s:g}s "
+                                   "(database.connect_timeout_s)") from None
             self._db_state(True, stage="start")
             pool = self.pool
             registry_cache = RegistryCache(self._until_database("registry", lambda: known_codes(pool)))
