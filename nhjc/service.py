@@ -130,7 +130,7 @@ class Service:
                                                          server_settings={"application_name": "nhjc-probe"})
                         await conn.fetchval("SELECT 1")
                         return conn, None
-                    except (*RETRYABLE, asyncpg.PostgresError) as exc:
+                    except Exception as exc:
                         if conn is not None:
                             conn.terminate()
                             conn = None
@@ -140,7 +140,7 @@ class Service:
             if conn is not None:
                 conn.terminate()
             return None, TimeoutError(f"no answer to SELECT 1 within {PROBE_DEADLINE_S:.0f}s")
-        except (*RETRYABLE, asyncpg.PostgresError) as exc:
+        except Exception as exc:  # refused, a bad password, anything: not ready, and why
             return None, exc
 
     def _until_database(self, stage: str, op: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:

@@ -392,3 +392,28 @@ def test_a_revision_committed_after_settle_s_still_reaches_the_target(broker, db
     finally:
         assert svc.stop() == 0
         gw.close()
+
+
+async def test_pool_waits_are_bounded_and_a_dead_connection_never_fails_finished_work(db) -> None:
+    from processing.dbpool import open_pool
+
+    pool = await open_pool(db, max_size=1, command_timeout_s=1.0, connect_timeout_s=2.0)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE TABLE t (x int)")
+            # The only connection is held: another acquire gives up after command_timeout_s.
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await pool.fetchval("SELECT 1")
+            assert 0.9 < time.monotonic() - started < 5
+        for i in range(10):
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO t VALUES ($1)", i)
+                # Killed once its work is committed: a plain asyncpg pool raises from
+                # release() here (InternalClientError, ConnectionDoesNotExistError), and a
+                # caller would take the committed write for a failed one.
+                assert await terminate_backends(db.rsplit("/", 1)[1]) == 1
+        assert await pool.fetchval("SELECT array_agg(x ORDER BY x) FROM t") == list(range(10))
+    finally:
+        pool.terminate()
