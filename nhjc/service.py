@@ -274,19 +274,25 @@ class Service:
                 tg.create_task(self.collector.run(self._ingest_done), name="collector")
                 ingest = tg.create_task(self._ingest(batcher, store), name="ingest")
                 tg.create_task(self._watch_database(), name="database-watch")
-                for name, coro in self._more_stages(stop):
-                    tg.create_task(coro, name=name)
+                downstream = [tg.create_task(coro, name=name) for name, coro in self._more_stages(stop)]
                 await stop.wait()
                 log.info("stopping: no new messages; committing what is in hand")
+                stop_by = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_S
                 self.collector.pause()
                 self._stopping.set()
+                gave_up = False
                 try:
                     await asyncio.wait_for(self._ingest_done.wait(), SHUTDOWN_GRACE_S)
                 except TimeoutError:
+                    gave_up = True
                     # The database is stuck: leave the batch unacknowledged; the broker
                     # redelivers it to the next run.
                     log.warning("commit did not finish in %.0fs; leaving it to redelivery", SHUTDOWN_GRACE_S)
                     ingest.cancel()
+                if not await self._stop_downstream(downstream, stop_by) or gave_up:
+                    # What was cancelled may still wait on the stalled database (a rollback
+                    # on the way out): cut every connection; the server rolls back.
+                    self.pool.terminate()
                 http_stop.set()
         finally:
             try:  # a graceful close waits on the server: bounded, for a stalled one
@@ -294,6 +300,21 @@ class Service:
             except (TimeoutError, *RETRYABLE):
                 self.pool.terminate()
             self._finished.set()
+
+    @staticmethod
+    async def _stop_downstream(tasks: list[asyncio.Task[None]], stop_by: float) -> bool:
+        """Aggregation, completeness and uplink finish their round, until stop_by (at
+        least a second): a stalled database would hold them in a statement until its
+        time-out.  Then they are cancelled (False); their work stays in the database, so
+        that loses nothing (an uplink request cut short is sent again next run)."""
+        if not tasks:
+            return True
+        _, late = await asyncio.wait(tasks, timeout=max(1.0, stop_by - asyncio.get_running_loop().time()))
+        if late:
+            log.warning("cancelling %s: the database did not answer in time", ", ".join(t.get_name() for t in late))
+            for t in late:
+                t.cancel()
+        return not late
 
     def _more_stages(self, stop: asyncio.Event) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         """Stages downstream of the readings: aggregation, completeness and uplink.

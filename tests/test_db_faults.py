@@ -417,3 +417,46 @@ async def test_pool_waits_are_bounded_and_a_dead_connection_never_fails_finished
         assert await pool.fetchval("SELECT array_agg(x ORDER BY x) FROM t") == list(range(10))
     finally:
         pool.terminate()
+
+
+def test_sigterm_during_a_stall_exits_within_the_grace_period_and_loses_nothing(broker, db, tmp_path,
+                                                                                record_property) -> None:
+    pg_port = int(db.rsplit(":", 1)[1].split("/", 1)[0])
+    proxy = TcpProxy(pg_port).start()
+    ent = enterprise_code(85)
+    code = "00-00-0000-023300-01"
+    gw = Gateway(broker.url, ent, gateway="gw-term-stall")
+    gw.items([item(code)])
+    client_id = "nhjc-term-stall"
+    svc = ServiceProcess(broker.url, db.replace(f":{pg_port}/", f":{proxy.port}/"), client_id=client_id,
+                         log=tmp_path / "svc.log").start()
+    start = int(time.time()) // 900 * 900 - 3600
+    sent = [[{"code": code, "ts": start + 60 * (10 * f + i), "value": 100.0 + 10 * f + i} for i in range(10)]
+            for f in range(6)]
+    try:
+        for frame in sent[:3]:
+            gw.readings(frame)
+        wait_for(lambda: count(db, "SELECT count(*) FROM readings") == 30, 15, "the first frames stored")
+        proxy.stall()  # the aggregator and the next commit now hang in mid-statement
+        for frame in sent[3:]:
+            gw.readings(frame)
+        wait_for(lambda: svc.metric("nhjc_unacked_messages") > 0, 10, "messages in hand")
+        t0 = time.monotonic()
+        assert svc.stop(timeout=60) == 0
+        exit_s = time.monotonic() - t0
+        assert exit_s < 15  # the 10 s grace, then every connection cut
+    finally:
+        if svc.proc.poll() is None:
+            svc.kill()
+        proxy.stop()
+    assert "Traceback" not in (tmp_path / "svc.log").read_text()
+    # Nothing of the stalled batch was acknowledged: the next run gets it again.
+    again = ServiceProcess(broker.url, db, client_id=client_id, log=tmp_path / "svc.log").start()
+    try:
+        wait_for(lambda: count(db, "SELECT count(*) FROM readings") == 60, 20, "the rest after redelivery")
+        rows = query(db, "SELECT extract(epoch FROM ts)::bigint, value FROM readings WHERE code = %s", code)
+        assert sorted(rows) == sorted((r["ts"], r["value"]) for f in sent for r in f)
+    finally:
+        assert again.stop() == 0
+        gw.close()
+    report(record_property, "SIGTERM in a stall", {"exit_s": exit_s})
