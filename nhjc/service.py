@@ -293,6 +293,11 @@ class Service:
                     # What was cancelled may still wait on the stalled database (a rollback
                     # on the way out): cut every connection; the server rolls back.
                     self.pool.terminate()
+                    # A cancellation that met the cut connection can come back as a
+                    # database error, which the commit would retry: cancel until it stops.
+                    while gave_up and not ingest.done():
+                        ingest.cancel()
+                        await asyncio.wait([ingest], timeout=0.5)
                 http_stop.set()
         finally:
             try:  # a graceful close waits on the server: bounded, for a stalled one
