@@ -40,6 +40,7 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     pgx.TransactionRollbackError,  # class 40: serialization failure, deadlock
     pgx.LockNotAvailableError,  # 55P03
     pgx.ReadOnlySQLTransactionError,  # 25006: a standby during failover
+    pgx.IdleInTransactionSessionTimeoutError,  # 25P03: the server's idle time-out cut the session
     pgx.PostgresSystemError,  # class 58: I/O error on the server
 )
 
@@ -48,11 +49,21 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 _CONTENTION: tuple[type[BaseException], ...] = (pgx.TransactionRollbackError, pgx.LockNotAvailableError)
 
 
+# asyncpg's client-side refusals subclass InterfaceError too (an argument it cannot
+# encode, a setting or feature it does not support): the same call fails the same way.
+_REFUSED_BY_CLIENT: tuple[type[BaseException], ...] = (
+    ValueError, pgx.UnsupportedClientFeatureError, pgx.UnsupportedServerFeatureError)
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True when the database (not the data) is at fault and a retry may succeed.  A
-    group of errors (from a task group) is retryable when every error in it is."""
+    group of errors (from a task group) is retryable when every error in it is.
+    Stricter than ``except RETRYABLE``, which cannot leave out asyncpg's client-side
+    refusals (they are InterfaceErrors as well): prefer this."""
     if isinstance(exc, BaseExceptionGroup):
         return all(is_retryable(e) for e in exc.exceptions)
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, _REFUSED_BY_CLIENT):
+        return False
     return isinstance(exc, RETRYABLE)
 
 

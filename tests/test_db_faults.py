@@ -460,3 +460,27 @@ def test_sigterm_during_a_stall_exits_within_the_grace_period_and_loses_nothing(
         assert again.stop() == 0
         gw.close()
     report(record_property, "SIGTERM in a stall", {"exit_s": exit_s})
+
+
+def test_classification_of_database_errors() -> None:
+    import asyncpg
+    from asyncpg import exceptions as pgx
+    from asyncpg.exceptions import _base
+
+    from processing.dberrors import is_retryable
+
+    for exc in (pgx.AdminShutdownError("terminating connection due to administrator command"),
+                pgx.CannotConnectNowError("the database system is starting up"),
+                pgx.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+                asyncpg.InterfaceError("cannot perform operation: connection is closed"),
+                pgx.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
+                pgx.TooManyConnectionsError("sorry, too many clients already"),
+                pgx.IdleInTransactionSessionTimeoutError("idle-in-transaction timeout"),
+                ConnectionRefusedError(111, "refused"), TimeoutError(),
+                ExceptionGroup("round", [OSError(), pgx.AdminShutdownError("x")])):
+        assert is_retryable(exc), exc
+    for exc in (pgx.CharacterNotInRepertoireError("invalid byte sequence for encoding UTF8: 0x00"),
+                pgx.DataError("invalid input for query argument $1"), pgx.UniqueViolationError("duplicate key"),
+                _base.DataError("invalid input for query argument $1"), _base.ClientConfigurationError("bad"),
+                ValueError(), ExceptionGroup("round", [OSError(), KeyError("bug")])):
+        assert not is_retryable(exc), exc
