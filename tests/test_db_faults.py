@@ -306,7 +306,8 @@ def test_postgres_restarts_under_load(broker, private_pg, platform, tmp_path, re
     finally:
         assert svc.stop() == 0
         gw.close()
-    down, _ = check_log(tmp_path / "svc.log", faults=2)
+    # A restart may show twice: a connection still answering while others are cut.
+    down, _ = check_log(tmp_path / "svc.log", faults=2 * 2)
     assert down >= 1
     report(record_property, "postgres restart", {**figures, "outages_logged": down})
 
@@ -364,7 +365,7 @@ def test_stalling_then_dropping_proxy(broker, db, platform, tmp_path, record_pro
         assert svc.stop() == 0
         gw.close()
         proxy.stop()
-    down, _ = check_log(tmp_path / "svc.log", faults=3)
+    down, _ = check_log(tmp_path / "svc.log", faults=3 * 2)
     assert down >= 2  # the two stalls at least
     report(record_property, "proxy stall/drop", {**figures, "outages_logged": down})
 
