@@ -210,6 +210,8 @@ class DatabaseSettings(_Section):
     password_file: Path | None = None  # the password is this file's content
     pool_size: int = Field(4, ge=1, le=100)
     command_timeout_s: float = Field(60.0, gt=0)
+    # How long a new connection may take (a stalled database must not hold a stage).
+    connect_timeout_s: float = Field(10.0, gt=0)
 
     @field_validator("url")
     @classmethod

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from ingest.batch import Quarantined, ReadingBatch, Source, error_detail
 from ingest.collector import Message
@@ -21,32 +20,10 @@ from ingest.frames import FrameLimits, decode_readings
 from ingest.items import ItemsError, ItemSpec, parse_items_payload
 from ingest.metrics import IngestMetrics
 from ingest.topics import Topic, TopicError, parse_topic
-from processing.dberrors import is_retryable
 
 __all__ = ["Batcher", "RegistryCache"]
 
 log = logging.getLogger("nhjc.batcher")
-
-T = TypeVar("T")
-
-RETRY_MIN_S = 0.2
-RETRY_MAX_S = 5.0
-
-
-async def retrying(what: str, op: Callable[[], Awaitable[T]]) -> T:
-    """``op()`` until it succeeds, waiting between tries while the database is away;
-    an error that is not the infrastructure's is raised at once (retrying it would loop)."""
-    delay = RETRY_MIN_S
-    while True:
-        try:
-            return await op()
-        except Exception as exc:
-            if not is_retryable(exc):
-                raise
-            log.warning("%s: database unavailable (%s); retrying in %.1fs", what, type(exc).__name__, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, RETRY_MAX_S)
-
 
 class RegistryCache:
     """enterprise -> registered item codes, reloaded from the database on demand (at
@@ -164,7 +141,7 @@ class Batcher:
 
     async def _reload(self) -> bool:
         try:
-            return await retrying("registry reload", self._registry.reload)
+            return await self._registry.reload()
         except Exception as exc:  # not the message's fault: judge it by the registry in hand
             log.error("registry reload failed (%s); using the registry in memory", type(exc).__name__)
             return False
@@ -191,7 +168,7 @@ class Batcher:
             # all of the message's items or none of them.
             source = f"mqtt:{msg.topic}"
             try:
-                await retrying(f"items from {msg.topic[:200]!a}", lambda: self._apply_items(items, source))
+                await self._apply_items(items, source)
             except Exception as exc:  # the database refuses this content (e.g. a NUL in a name)
                 self._metrics.message_failed("items", msg.topic, exc)
                 part.quarantine.append(Quarantined(

@@ -17,11 +17,13 @@ class ListenError(Exception):
 
 
 class HttpEndpoint:
-    def __init__(self, *, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], dict[str, bool]]) -> None:
+    def __init__(self, *, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], dict[str, bool]],
+                 reasons: Callable[[], dict[str, str]] | None = None) -> None:
         self._host, self._port = host, port
         self._registry = registry
         self._ready = ready
         self._runner: web.AppRunner | None = None
+        self._reasons = reasons
         self.port: int | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -32,9 +34,16 @@ class HttpEndpoint:
         return web.json_response({"status": "alive"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        # {"ready": false, "broker": true, "database": false, "down": ["database"],
+        #  "reasons": {"database": "probe: TimeoutError: no answer to SELECT 1 within 2s"}}
         parts = self._ready()
         ok = all(parts.values())
-        return web.json_response({"ready": ok, **parts}, status=200 if ok else 503)
+        body: dict[str, object] = {"ready": ok, **parts}
+        if not ok:
+            body["down"] = [name for name, up in parts.items() if not up]
+            if self._reasons is not None:
+                body["reasons"] = {k: v for k, v in self._reasons().items() if k in body["down"]}
+        return web.json_response(body, status=200 if ok else 503)
 
     async def listen(self) -> None:
         """Bind the port (``run`` does it too when not done yet): a port in use is then

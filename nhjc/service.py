@@ -11,8 +11,8 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import asyncpg
 from prometheus_client import CollectorRegistry
@@ -28,7 +28,8 @@ from nhjc.http import HttpEndpoint
 from nhjc.startup import describe
 from processing.aggregator import Aggregator
 from processing.completeness import CompletenessUpdater
-from processing.dberrors import RETRYABLE
+from processing.dberrors import RETRYABLE, DatabaseHealth, is_retryable
+from processing.dbpool import open_pool
 from processing.migrate import available
 from processing.registry import known_codes, upsert_items
 from processing.store import Store
@@ -40,6 +41,13 @@ log = logging.getLogger("nhjc.service")
 
 SHUTDOWN_GRACE_S = 10.0
 COMPLETENESS_INTERVAL_S = 60.0
+# The readiness probe: SELECT 1 this often, on a connection of its own, each try with
+# this deadline; a stall is reported within PROBE_EVERY_S + PROBE_DEADLINE_S.
+PROBE_EVERY_S = 1.0
+PROBE_DEADLINE_S = 2.0
+RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
+
+T = TypeVar("T")
 
 
 class SchemaError(RuntimeError):
@@ -68,26 +76,94 @@ class Service:
         self._stopping = asyncio.Event()  # stop reading; drain what is in hand
         self._ingest_done = asyncio.Event()  # everything in hand committed and acknowledged
         self._finished = asyncio.Event()  # every stage has returned
-        self._db_ok = False
+        # What every stage and the probe last found; one log line per change of state.
+        self.health = DatabaseHealth(self.registry, on_change=lambda up: self.metrics.database_up.set(1 if up else 0))
 
     # --- readiness -----------------------------------------------------------------
     def ready(self) -> dict[str, bool]:
-        return {"broker": bool(self.collector and self.collector.connected), "database": self._db_ok}
+        return {"broker": bool(self.collector and self.collector.connected), "database": self.health.up is True}
 
-    def _db_state(self, ok: bool) -> None:
-        self._db_ok = ok
-        self.metrics.database_up.set(1 if ok else 0)
+    def not_ready_reasons(self) -> dict[str, str]:
+        """Why the parts that are down are down (for /readyz)."""
+        reasons = {}
+        if self.health.up is not True:
+            reasons["database"] = self.health.reason or "not checked yet"
+        if not (self.collector and self.collector.connected):
+            reasons["broker"] = "not connected"
+        return reasons
+
+    def _db_state(self, ok: bool, exc: BaseException | None = None, stage: str = "ingest") -> None:
+        if ok:
+            self.health.succeeded(stage)
+        else:
+            self.health.failed(stage, exc or ConnectionError("database unavailable"))
 
     async def _watch_database(self) -> None:
-        assert self.pool is not None
-        while not self._stopping.is_set():
-            try:
-                await self.pool.fetchval("SELECT 1", timeout=5)
-                self._db_state(True)
-            except (*RETRYABLE, asyncpg.PostgresError):
-                self._db_state(False)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 5)
+        """The readiness probe.  Not a wait for a pooled connection (all of them may be
+        stuck in a stall): its own connection, reconnected when lost, and a deadline."""
+        loop = asyncio.get_running_loop()
+        conn: asyncpg.Connection | None = None
+        try:
+            while not self._stopping.is_set():
+                started = loop.time()
+                conn, exc = await self._probe(conn)
+                if exc is None:
+                    self.health.succeeded("probe")
+                else:
+                    self.health.failed("probe", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), max(0.0, PROBE_EVERY_S - (loop.time() - started)))
+        finally:
+            if conn is not None:
+                conn.terminate()
+
+    async def _probe(self, conn: asyncpg.Connection | None) -> tuple[asyncpg.Connection | None, BaseException | None]:
+        """SELECT 1 within PROBE_DEADLINE_S: (the connection to keep, None) or (None, the
+        error).  A lost connection (terminated, the server restarted) is replaced at once
+        within the same deadline, so it alone never makes the service unready."""
+        try:
+            async with asyncio.timeout(PROBE_DEADLINE_S):
+                while True:
+                    reused = conn is not None
+                    try:
+                        if conn is None:
+                            conn = await asyncpg.connect(self.settings.database.dsn(), timeout=PROBE_DEADLINE_S,
+                                                         server_settings={"application_name": "nhjc-probe"})
+                        await conn.fetchval("SELECT 1")
+                        return conn, None
+                    except Exception as exc:
+                        if conn is not None:
+                            conn.terminate()
+                            conn = None
+                        if isinstance(exc, TimeoutError) or not reused:
+                            raise
+        except TimeoutError:
+            if conn is not None:
+                conn.terminate()
+            return None, TimeoutError(f"no answer to SELECT 1 within {PROBE_DEADLINE_S:.0f}s")
+        except Exception as exc:  # refused, a bad password, anything: not ready, and why
+            return None, exc
+
+    def _until_database(self, stage: str, op: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """op, retried with backoff while the database is away.  For the ingest's own
+        look-ups (the items registry): the message in hand stays unacknowledged meanwhile,
+        and shutdown's grace period bounds the wait."""
+        async def retrying(*args: Any) -> T:
+            delay = RETRY_MIN_S
+            while True:
+                try:
+                    result = await op(*args)
+                except Exception as exc:
+                    if not is_retryable(exc):
+                        raise
+                    self.health.failed(stage, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                self.health.succeeded(stage)
+                return result
+
+        return retrying
 
     # --- ingest ----------------------------------------------------------------------
     async def _apply_items(self, items: list[ItemSpec], source: str) -> None:
@@ -124,7 +200,7 @@ class Service:
 
     async def _write(self, batch: ReadingBatch, store: Store) -> int | None:
         """store.write with retries on the database's errors; None when shutdown gave up."""
-        delay = 0.2
+        delay = RETRY_MIN_S
         give_up_at: float | None = None
         while True:
             try:
@@ -132,15 +208,14 @@ class Service:
                 self._db_state(True)
                 return written
             except RETRYABLE as exc:
-                self._db_state(False)
+                self._db_state(False, exc)
                 self.metrics.write_retries.inc()
-                log.warning("batch of %d readings not committed (%s); retrying", len(batch), exc)
             if self._stopping.is_set():
                 give_up_at = give_up_at or time.monotonic() + SHUTDOWN_GRACE_S
                 if time.monotonic() > give_up_at:
                     return None
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     async def _reject(self, batch: ReadingBatch, store: Store, exc: Exception) -> bool:
         """The store refused one message's content: keep the message whole in quarantine
@@ -213,21 +288,26 @@ class Service:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         # Listen first: a metrics port in use stops the start before anything connects.
-        self.http = HttpEndpoint(host=s.metrics.host, port=s.metrics.port,
-                                 registry=self.registry, ready=self.ready)
+        self.http = HttpEndpoint(host=s.metrics.host, port=s.metrics.port, registry=self.registry,
+                                 ready=self.ready, reasons=self.not_ready_reasons)
         await self.http.listen()
         try:
-            self.pool = await asyncpg.create_pool(
-                s.database.dsn(), min_size=1, max_size=s.database.pool_size,
-                command_timeout=s.database.command_timeout_s,
+            self.pool = await open_pool(
+                s.database.dsn(), max_size=s.database.pool_size,
+                command_timeout_s=s.database.command_timeout_s, connect_timeout_s=s.database.connect_timeout_s,
             )
         except BaseException:
             await self.http.close()
             raise
         try:
-            await check_schema(self.pool)
-            self._db_state(True)
-            registry_cache = RegistryCache(lambda: known_codes(self.pool))  # type: ignore[arg-type]
+            try:
+                await check_schema(self.pool)
+            except TimeoutError:  # asyncpg's says nothing: name what timed out
+                raise TimeoutError(f"no answer within {s.database.connect_timeout_s:g}s "
+                                   "(database.connect_timeout_s)") from None
+            self._db_state(True, stage="start")
+            pool = self.pool
+            registry_cache = RegistryCache(self._until_database("registry", lambda: known_codes(pool)))
             await registry_cache.reload(force=True)
             m = s.mqtt
             self.collector = Collector(
@@ -245,7 +325,8 @@ class Service:
             self.metrics.window_paused.set_function(lambda: 1 if collector.window_paused else 0)
             i = s.ingest
             batcher = Batcher(
-                self.collector.queue, registry=registry_cache, apply_items=self._apply_items,
+                self.collector.queue, registry=registry_cache,
+                apply_items=self._until_database("items", self._apply_items),
                 limits=FrameLimits(i.max_frame_bytes, i.max_readings_per_frame,
                                    i.early_tolerance_s, i.late_horizon_s),
                 batch_rows=i.batch_rows, batch_ms=i.batch_ms, metrics=self.metrics,
@@ -257,24 +338,53 @@ class Service:
                 tg.create_task(self.collector.run(self._ingest_done), name="collector")
                 ingest = tg.create_task(self._ingest(batcher, store), name="ingest")
                 tg.create_task(self._watch_database(), name="database-watch")
-                for name, coro in self._more_stages(stop):
-                    tg.create_task(coro, name=name)
+                downstream = [tg.create_task(coro, name=name) for name, coro in self._more_stages(stop)]
                 await stop.wait()
                 log.info("stopping: no new messages; committing what is in hand")
+                stop_by = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_S
                 self.collector.pause()
                 self._stopping.set()
+                gave_up = False
                 try:
                     await asyncio.wait_for(self._ingest_done.wait(), SHUTDOWN_GRACE_S)
                 except TimeoutError:
+                    gave_up = True
                     # The database is stuck: leave the batch unacknowledged; the broker
                     # redelivers it to the next run.
                     log.warning("commit did not finish in %.0fs; leaving it to redelivery", SHUTDOWN_GRACE_S)
                     ingest.cancel()
+                if not await self._stop_downstream(downstream, stop_by) or gave_up:
+                    # What was cancelled may still wait on the stalled database (a rollback
+                    # on the way out): cut every connection; the server rolls back.
+                    self.pool.terminate()
+                    # A cancellation that met the cut connection can come back as a
+                    # database error, which the commit would retry: cancel until it stops.
+                    while gave_up and not ingest.done():
+                        ingest.cancel()
+                        await asyncio.wait([ingest], timeout=0.5)
                 http_stop.set()
         finally:
             await self.http.close()  # already closed unless the start failed
-            await self.pool.close()
+            try:  # a graceful close waits on the server: bounded, for a stalled one
+                await asyncio.wait_for(self.pool.close(), PROBE_DEADLINE_S)
+            except (TimeoutError, *RETRYABLE):
+                self.pool.terminate()
             self._finished.set()
+
+    @staticmethod
+    async def _stop_downstream(tasks: list[asyncio.Task[None]], stop_by: float) -> bool:
+        """Aggregation, completeness and uplink finish their round, until stop_by (at
+        least a second): a stalled database would hold them in a statement until its
+        time-out.  Then they are cancelled (False); their work stays in the database, so
+        that loses nothing (an uplink request cut short is sent again next run)."""
+        if not tasks:
+            return True
+        _, late = await asyncio.wait(tasks, timeout=max(1.0, stop_by - asyncio.get_running_loop().time()))
+        if late:
+            log.warning("cancelling %s: the database did not answer in time", ", ".join(t.get_name() for t in late))
+            for t in late:
+                t.cancel()
+        return not late
 
     def _more_stages(self, stop: asyncio.Event) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         """Stages downstream of the readings: aggregation, completeness and uplink.
@@ -283,8 +393,8 @@ class Service:
         s = self.settings
         p = s.processing
         aggregator = Aggregator(self.pool, timezone=p.timezone, max_gap_s=p.max_gap_s,
-                                stuck_after_s=p.stuck_after_s, registry=self.registry)
-        completeness = CompletenessUpdater(self.pool, self.registry, timezone=p.timezone)
+                                stuck_after_s=p.stuck_after_s, registry=self.registry, health=self.health)
+        completeness = CompletenessUpdater(self.pool, self.registry, timezone=p.timezone, health=self.health)
         stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("aggregator", aggregator.run(stop, p.interval_ms / 1000)),
             ("completeness", completeness.run(stop, COMPLETENESS_INTERVAL_S)),
@@ -292,7 +402,8 @@ class Service:
         targets = {name: t for name, t in s.uplink.targets.items() if t.enabled}
         if targets:
             self.uplink = Uplink(self.pool, targets, timezone=p.timezone, registry=self.registry,
-                                 interval_s=s.uplink.interval_ms / 1000, settle_s=s.uplink.settle_s)
+                                 interval_s=s.uplink.interval_ms / 1000, settle_s=s.uplink.settle_s,
+                                 health=self.health)
             stages.append(("uplink", self.uplink.run(stop)))
         return stages
 

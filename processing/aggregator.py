@@ -42,7 +42,7 @@ from processing.aggregate import (
     gap_tiers,
     totals,
 )
-from processing.dberrors import RETRYABLE
+from processing.dberrors import DatabaseHealth, is_retryable
 from processing.itemtable import CUMULATIVE, INSTANT, TOTAL_CODE, ItemTable
 from processing.metrics import ProcessingMetrics
 from processing.periods import DAY, MONTH, QUARTER, QUARTER_US, TIERS, YEAR, Calendar
@@ -304,7 +304,8 @@ class Aggregator:
 
     def __init__(self, pool: asyncpg.Pool, *, timezone: str, max_gap_s: float,
                  stuck_after_s: float, registry: CollectorRegistry | None = None,
-                 chunk: int = 1000, error_pause_s: float = 5.0) -> None:
+                 chunk: int = 1000, error_pause_s: float = 5.0,
+                 health: DatabaseHealth | None = None) -> None:
         if max_gap_s <= 0 or stuck_after_s <= 0 or chunk < 1:
             raise ValueError("max_gap_s and stuck_after_s must be positive, chunk at least 1")
         self._pool = pool
@@ -315,24 +316,31 @@ class Aggregator:
         self._chunk = chunk
         self._more_per_item = 50  # extra pending rows of a claimed item taken in the same run
         self._error_pause_s = error_pause_s
+        self._health = health if health is not None else DatabaseHealth()
         self.metrics = ProcessingMetrics(registry if registry is not None else CollectorRegistry())
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         """Process while there is work; sleep ``interval_s`` when idle; until ``stop``.
-        A failed run is logged, counted and retried after a pause."""
+        A failed run is counted and retried: the database being away with a growing pause
+        (reported to ``health``, which logs the outage once), anything else after
+        ``error_pause_s`` with its traceback.  The claimed rows go back with the rolled
+        back transaction, so nothing is lost either way."""
+        pause = min(0.5, self._error_pause_s)
         while not stop.is_set():
             try:
                 done = await self.run_once()
-            except RETRYABLE as exc:
+            except Exception as exc:
                 self.metrics.run_failed()
-                log.warning("aggregator run failed, retrying in %.1fs: %s", self._error_pause_s, exc)
-                await self._sleep(stop, self._error_pause_s)
+                if is_retryable(exc):
+                    self._health.failed("aggregator", exc)
+                    await self._sleep(stop, pause)
+                    pause = min(pause * 2, self._error_pause_s)
+                else:  # a bug: keep the loop alive, but say it loudly
+                    log.exception("aggregator run failed, retrying in %.1fs", self._error_pause_s)
+                    await self._sleep(stop, self._error_pause_s)
                 continue
-            except Exception:  # a bug: keep the loop alive, but say it loudly
-                self.metrics.run_failed()
-                log.exception("aggregator run failed, retrying in %.1fs", self._error_pause_s)
-                await self._sleep(stop, self._error_pause_s)
-                continue
+            self._health.succeeded("aggregator")
+            pause = min(0.5, self._error_pause_s)
             if done == 0:
                 await self._sleep(stop, interval_s)
 

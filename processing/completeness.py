@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from processing.dberrors import RETRYABLE
+from processing.dberrors import DatabaseHealth, is_retryable
 
 __all__ = [
     "BANDS", "QUARTER_S", "TODAY_SQL", "Completeness", "CompletenessMetrics",
@@ -187,18 +187,20 @@ class CompletenessMetrics:
 
     def failed(self, exc: BaseException) -> None:
         self.errors.inc()
-        log.warning("completeness not updated: %s", exc)
+        log.debug("completeness not updated: %s", exc)
 
 
 class CompletenessUpdater:
     """Recomputes today's completeness every ``interval_s`` and sets the gauges.
 
     Takes the pool and the registry from the composition root; the database being away
-    is counted and retried at the next interval, never fatal."""
+    is counted, reported to ``health`` (which logs the outage once) and retried at the
+    next interval, never fatal."""
 
     def __init__(self, pool: asyncpg.Pool, registry: CollectorRegistry, *, timezone: str,
-                 settle_s: float = DEFAULT_SETTLE_S) -> None:
+                 settle_s: float = DEFAULT_SETTLE_S, health: DatabaseHealth | None = None) -> None:
         self._pool = pool
+        self._health = health if health is not None else DatabaseHealth()
         self._timezone = timezone
         self._settle_s = settle_s
         self.metrics = CompletenessMetrics(registry)
@@ -216,7 +218,13 @@ class CompletenessUpdater:
         while not stop.is_set():
             try:
                 await self.update()
-            except (*RETRYABLE, asyncpg.PostgresError) as exc:
+            except Exception as exc:
                 self.metrics.failed(exc)
+                if is_retryable(exc):
+                    self._health.failed("completeness", exc)
+                else:  # a bug or a refused query: keep going, say it once per interval
+                    log.warning("completeness not updated: %s", exc)
+            else:
+                self._health.succeeded("completeness")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import ingest.batcher
+import nhjc.service
 from config.settings import Settings
 from ingest.batch import READING_DTYPE, ReadingBatch, Source
 from ingest.batcher import Batcher, RegistryCache
@@ -174,7 +175,9 @@ async def test_items_the_database_refuses_are_quarantined_and_none_applied(db) -
 
 
 async def test_items_are_retried_while_the_database_is_away(monkeypatch) -> None:
-    monkeypatch.setattr(ingest.batcher, "RETRY_MIN_S", 0.01)
+    # The service hands the batcher its items writer wrapped in the retry for the
+    # database being away: such an error never reaches the batcher as the message's fault.
+    monkeypatch.setattr(nhjc.service, "RETRY_MIN_S", 0.01)
     ent = enterprise_code(804)
     calls: list[int] = []
 
@@ -186,7 +189,8 @@ async def test_items_are_retried_while_the_database_is_away(monkeypatch) -> None
     async def load() -> dict[str, frozenset[str]]:
         return {}
 
-    batcher = Batcher(asyncio.Queue(), registry=RegistryCache(load), apply_items=flaky, limits=LIMITS,
+    retried = Service(Settings())._until_database("items", flaky)
+    batcher = Batcher(asyncio.Queue(), registry=RegistryCache(load), apply_items=retried, limits=LIMITS,
                       batch_rows=10, batch_ms=10, metrics=IngestMetrics(CollectorRegistry()))
     part = await batcher.decode(message(f"nhjc/v1/{ent}/gw-1/items",
                                         json.dumps({"v": 1, "items": [item(CODE)]}).encode(), 1))

@@ -210,6 +210,20 @@ class Outbox:
         row = await self._pool.fetchrow("SELECT last_value, is_called FROM consumption_revision")
         return int(row["last_value"]) if row["is_called"] else 0
 
+    async def revision_mark(self) -> tuple[int, datetime]:
+        """:meth:`last_revision` and the database's clock when it was read: every
+        transaction that took a revision up to it began before that time."""
+        row = await self._pool.fetchrow(
+            "SELECT last_value, is_called, clock_timestamp() AS at FROM consumption_revision")
+        return (int(row["last_value"]) if row["is_called"] else 0), row["at"]
+
+    async def oldest_open_transaction(self) -> datetime | None:
+        """When the oldest transaction still open on this database (other than this
+        statement's) began; None when there is none (or none this role may see)."""
+        return await self._pool.fetchval(
+            "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+
     async def load_cursor(self, initial: int) -> int:
         async with self._pool.acquire() as conn:
             await conn.execute("INSERT INTO uplink_cursor (target, revision) VALUES ($1, $2)"

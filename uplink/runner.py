@@ -43,7 +43,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from config.settings import TargetSettings, secret_value
-from processing.dberrors import RETRYABLE
+from processing.dberrors import DatabaseHealth, is_retryable
 from uplink.adapters import FLAVOURS, Adapter, Registration, make_adapter
 from uplink.errors import RejectedError, RetryableError
 from uplink.http import client_ssl_context
@@ -91,8 +91,9 @@ class TargetRunner:
 
     def __init__(self, name: str, settings: TargetSettings, *, pool: asyncpg.Pool, tz: ZoneInfo,
                  metrics: UplinkMetrics, clock: Clock, interval_s: float, settle_s: float,
-                 rng: random.Random) -> None:
+                 rng: random.Random, health: DatabaseHealth | None = None) -> None:
         self.name = name
+        self._health = health if health is not None else DatabaseHealth()
         self.settings = settings
         self.loops = 0
         self._tz = tz
@@ -114,7 +115,7 @@ class TargetRunner:
         self._windows: dict[int, tuple[datetime, datetime]] = {}
         self._seen = 0     # revisions up to here were fed once
         self._cursor = 0   # ... and up to here fed again after settling (persisted)
-        self._marks: deque[tuple[float, int]] = deque()  # (monotonic, last revision) seen
+        self._marks: deque[tuple[float, int, datetime]] = deque()  # (monotonic, last revision, db clock)
         self._registrations: dict[str, Registration] = {}
         self._configured: dict[str, tuple[str, frozenset[str]]] = {}  # hash, data codes
         self._failures = 0
@@ -144,10 +145,15 @@ class TargetRunner:
                     await self._plan()
                     busy = await self._send_round(stop)
                     await self._housekeeping()
-                except RETRYABLE as exc:
-                    log.warning("uplink %s: database trouble, trying again: %s", self.name, exc)
-                except Exception:  # a bug must not silence the target for good
-                    log.exception("uplink %s: unexpected error, trying again", self.name)
+                except Exception as exc:
+                    # The database away (also inside a round's task group): one line per
+                    # outage from health; the outbox keeps every row for the next loop.
+                    if is_retryable(exc):
+                        self._health.failed(f"uplink {self.name}", exc)
+                    else:  # a bug must not silence the target for good
+                        log.exception("uplink %s: unexpected error, trying again", self.name)
+                else:
+                    self._health.succeeded(f"uplink {self.name}")
                 self.loops += 1
                 if not busy:
                     await _sleep_or_stop(stop, self._interval_s)
@@ -179,20 +185,26 @@ class TargetRunner:
                 self._windows[s] = (self._windows[s][0], end)
                 self._metrics.queued(self.name, "schedule", n)
         # Late data: the fast path looks at revisions handed out since the last look...
-        last = await self.outbox.last_revision()
+        last, read_at = await self.outbox.revision_mark()
         if last > self._seen:
             n = await self.outbox.feed(self._seen, last, self._windows, now)
             self._seen = last
             self._metrics.queued(self.name, "revision", n)
         # ... and once a revision has settled (its transaction surely finished), its
         # range is looked at once more: a transaction that took revision 100 may commit
-        # after one that took 101 was seen.
+        # after one that took 101 was seen.  Settled means settle_s old and no
+        # transaction open that began before it was seen: a database stall longer than
+        # settle_s holds a transaction open that long, and its revisions must not be
+        # passed over.
         mono = _time.monotonic()
         if not self._marks or self._marks[-1][1] < last:
-            self._marks.append((mono, last))
+            self._marks.append((mono, last, read_at))
         settled = None
-        while self._marks and self._marks[0][0] <= mono - self._settle_s:
-            settled = self._marks.popleft()[1]
+        if self._marks and self._marks[0][0] <= mono - self._settle_s:
+            oldest = await self.outbox.oldest_open_transaction()
+            while (self._marks and self._marks[0][0] <= mono - self._settle_s
+                   and (oldest is None or oldest > self._marks[0][2])):
+                settled = self._marks.popleft()[1]
         if settled is not None and settled > self._cursor:
             n = await self.outbox.feed(self._cursor, settled, self._windows, now)
             self._metrics.queued(self.name, "revision", n)
@@ -423,13 +435,13 @@ class Uplink:
     def __init__(self, pool: asyncpg.Pool, targets: dict[str, TargetSettings], *, timezone: str,
                  registry: CollectorRegistry | None = None, clock: Clock = utc_now,
                  interval_s: float = 1.0, settle_s: float = 60.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, health: DatabaseHealth | None = None) -> None:
         tz = ZoneInfo(timezone)
         self.metrics = UplinkMetrics(registry if registry is not None else CollectorRegistry())
         rng = rng or random.Random()
         self.runners: dict[str, TargetRunner] = {
             name: TargetRunner(name, t, pool=pool, tz=tz, metrics=self.metrics, clock=clock,
-                               interval_s=interval_s, settle_s=settle_s, rng=rng)
+                               interval_s=interval_s, settle_s=settle_s, rng=rng, health=health)
             for name, t in targets.items() if t.enabled
         }
 
