@@ -6,10 +6,14 @@ staging table (the COPY data is built with numpy, no per-row Python), then into
 never fails a batch; quarantine rows go by COPY too; and every item whose readings
 changed gets a ``pending_recompute`` row in the same transaction, so the aggregator
 can never miss them, whatever crashes when.
+
+Quarantine rows are keyed as well, by a fingerprint of what they say: a message that
+comes again (its acknowledgement lost to a crash or a cut connection) adds no second row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -94,10 +98,33 @@ def copy_data(rows: np.ndarray) -> bytes:
     return _HEADER + out.tobytes() + _TRAILER
 
 
+_QUARANTINE_COLUMNS = ["received_at", "topic", "enterprise", "reason", "detail", "raw", "fingerprint"]
+
+_QUARANTINE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS nhjc_quarantine_staging (
+    received_at timestamptz, topic text, enterprise text, reason text, detail text,
+    raw bytea, fingerprint bytea
+) ON COMMIT DELETE ROWS
+"""
+
+_QUARANTINE_MERGE = f"""
+INSERT INTO quarantine ({", ".join(_QUARANTINE_COLUMNS)})
+SELECT {", ".join(_QUARANTINE_COLUMNS)} FROM nhjc_quarantine_staging
+ON CONFLICT (fingerprint) DO NOTHING
+"""
+
+
+def fingerprint(topic: str, reason: str, detail: str, raw: bytes) -> bytes:
+    """What identifies a quarantine row: its content, not its arrival time (the same
+    digest migration 0004 gave the rows stored before it)."""
+    return hashlib.sha256(f"{topic}\n{reason}\n{detail}\n".encode() + raw).digest()
+
+
 def _quarantine_record(q: Quarantined) -> tuple[object, ...]:
     received = _EPOCH + timedelta(microseconds=q.received_at_us)
     enterprise = None if q.enterprise is None else pg_text(q.enterprise)
-    return (received, pg_text(q.topic), enterprise, q.reason, pg_text(q.detail), bytes(q.raw))
+    topic, detail, raw = pg_text(q.topic), pg_text(q.detail), bytes(q.raw)
+    return (received, topic, enterprise, q.reason, detail, raw, fingerprint(topic, q.reason, detail, raw))
 
 
 class Store:
@@ -122,8 +149,10 @@ class Store:
 
 
 async def write_quarantine(conn: asyncpg.Connection, rows: list[Quarantined]) -> None:
+    """Store quarantine rows, each distinct one once (in a transaction: the staging
+    table empties at commit)."""
+    await conn.execute(_QUARANTINE_STAGING)
     await conn.copy_records_to_table(
-        "quarantine",
-        records=[_quarantine_record(q) for q in rows],
-        columns=["received_at", "topic", "enterprise", "reason", "detail", "raw"],
+        "nhjc_quarantine_staging", records=[_quarantine_record(q) for q in rows], columns=_QUARANTINE_COLUMNS,
     )
+    await conn.execute(_QUARANTINE_MERGE)

@@ -44,3 +44,54 @@ async def test_batches_upsert_and_queue_recompute_only_for_changes(db) -> None:
         assert (row["reason"], row["raw"], row["enterprise"]) == ("bad_json", b"\x00\xff", None)
     finally:
         await pool.close()
+
+
+async def test_a_redelivered_bad_input_is_quarantined_once(db) -> None:
+    # A message comes again when its acknowledgement was lost (a crash after the commit):
+    # its readings change nothing, and its quarantine rows are not stored a second time.
+    pool = await asyncpg.create_pool(db)
+    try:
+        store = Store(pool)
+        topic = "nhjc/v1/x/y/readings"
+        frame = Quarantined(T, topic, None, "bad_json", "not JSON", b"{oops")
+        reading = Quarantined(T, topic, None, "not_finite", "readings[0]: value NaN is not finite",
+                              b'{"value": NaN}', "reading")
+        other = Quarantined(T, topic, None, "not_finite", "readings[1]: value NaN is not finite",
+                            b'{"value": NaN}', "reading")
+        await store.write(ReadingBatch(rows((A, T, 1.0)), [frame, reading]))
+        again = [Quarantined(T + 5_000_000, *(q.topic, q.enterprise, q.reason, q.detail, q.raw, q.level))
+                 for q in (frame, reading)]
+        await store.write(ReadingBatch(rows((A, T, 1.0)), [*again, other, other]))
+        got = await pool.fetch("SELECT reason, detail, received_at FROM quarantine ORDER BY id")
+        assert [(r["reason"], r["detail"]) for r in got] == [
+            ("bad_json", "not JSON"), ("not_finite", "readings[0]: value NaN is not finite"),
+            ("not_finite", "readings[1]: value NaN is not finite")]
+        assert await pool.fetchval("SELECT count(*) FROM readings") == 1
+    finally:
+        await pool.close()
+
+
+async def test_migration_keys_the_quarantine_rows_stored_before_it() -> None:
+    # Rows written before the fingerprint existed get the digest the store computes, and
+    # copies among them are folded into the first.
+    from processing.migrate import migrate
+    from processing.store import fingerprint
+    from tests.services import create_database, drop_database
+
+    dsn = await create_database()
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(dsn)
+            await conn.execute("DROP INDEX quarantine_fingerprint; ALTER TABLE quarantine DROP COLUMN fingerprint;"
+                               "DELETE FROM schema_migrations WHERE version = 4")
+            for _ in range(2):
+                await conn.execute("INSERT INTO quarantine (received_at, topic, reason, detail, raw) "
+                                   "VALUES (now(), 't/ü', 'bad_json', 'détail', '\\x00ff'::bytea)")
+            assert await migrate(dsn) == ["0004_quarantine_once.sql"]
+            got = await conn.fetch("SELECT fingerprint FROM quarantine")
+            assert [r["fingerprint"] for r in got] == [fingerprint("t/ü", "bad_json", "détail", b"\x00\xff")]
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(dsn)
