@@ -75,37 +75,62 @@ class Mosquitto:
         self.proc = None
 
 
-async def create_database(prefix: str = "nhjc_test") -> str:
+def _with_database(dsn: str, name: str) -> str:
+    """The same server and user as dsn, database name."""
+    return dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+def app_dsn(admin_dsn: str, name: str) -> str:
+    """The application role's DSN for database name on the server admin_dsn points at."""
+    netloc = admin_dsn.split("://", 1)[1].split("/", 1)[0]
+    hostport = netloc.rsplit("@", 1)[-1]
+    return f"postgresql://{APP_ROLE}@{hostport}/{name}"
+
+
+async def create_database(prefix: str = "nhjc_test", admin_dsn: str = ADMIN_DSN) -> str:
     """A new empty database owned by the application role, with TimescaleDB; returns its DSN."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
+    admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}" OWNER {APP_ROLE}')
     finally:
         await admin.close()
-    db_admin = await asyncpg.connect(ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}")
+    db_admin = await asyncpg.connect(_with_database(admin_dsn, name))
     try:
         await db_admin.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     finally:
         await db_admin.close()
-    return f"postgresql://{APP_ROLE}@127.0.0.1:5432/{name}"
+    return app_dsn(admin_dsn, name)
 
 
-async def drop_database(dsn: str) -> None:
+async def drop_database(dsn: str, admin_dsn: str = ADMIN_DSN) -> None:
     name = dsn.rsplit("/", 1)[1]
-    admin = await asyncpg.connect(ADMIN_DSN)
+    admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
 
 
-async def migrated_database() -> str:
+async def migrated_database(admin_dsn: str = ADMIN_DSN) -> str:
     from processing.migrate import migrate
 
-    dsn = await create_database()
+    dsn = await create_database(admin_dsn=admin_dsn)
     await migrate(dsn)
     return dsn
+
+
+async def terminate_backends(dbname: str, admin_dsn: str = ADMIN_DSN) -> int:
+    """pg_terminate_backend of every client connection to database dbname but our own;
+    returns how many were terminated."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        return int(await admin.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            dbname))
+    finally:
+        await admin.close()
 
 
 def run(coro):  # small helper for sync fixtures
