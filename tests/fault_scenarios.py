@@ -44,7 +44,7 @@ from tests.harness import (
     platform_control,
     wait_for,
 )
-from tests.services import ROOT, Mosquitto, free_port, wait_port
+from tests.services import ADMIN_DSN, ROOT, Mosquitto, free_port, run, terminate_backends, wait_port
 
 __all__ = ["FAULTS", "Chain", "Load", "Publisher", "RoundResult", "run_round"]
 
@@ -248,10 +248,9 @@ class Publisher:
 
 
 class Database(Protocol):
-    """What the database faults need (tests/adversity.py's PrivatePostgres has it)."""
+    """What a PostgreSQL restart needs (tests/adversity.py's PrivatePostgres)."""
 
     def restart(self) -> None: ...
-    def terminate_backends(self, db: str) -> int: ...
 
 
 class Proxy(Protocol):
@@ -264,13 +263,15 @@ class Chain:
     """Broker, database, `nhjc run` and two mock platforms, started together.
 
     ``dsn`` is what the accounting reads (direct); ``service_dsn`` what the service
-    uses (through a proxy, if one is given).  ``database`` and ``proxy`` are needed only
-    by the faults that act on them."""
+    uses (through a proxy, if one is given); ``admin_dsn`` the server's superuser, to
+    terminate the service's connections.  ``database`` and ``proxy`` are needed only by
+    the faults that act on them."""
 
     def __init__(self, broker: Mosquitto, dsn: str, workdir: Path, *, service_dsn: str | None = None,
-                 database: Database | None = None, proxy: Proxy | None = None) -> None:
+                 admin_dsn: str = ADMIN_DSN, database: Database | None = None, proxy: Proxy | None = None) -> None:
         self.broker, self.dsn, self.workdir = broker, dsn, workdir
         self.service_dsn = service_dsn or dsn
+        self.admin_dsn = admin_dsn
         self.database, self.proxy = database, proxy
         self.platforms: dict[str, str] = {}
         self._platform_procs: list[subprocess.Popen[bytes]] = []
@@ -381,12 +382,11 @@ def fault_pg_restart(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.R
 
 def fault_terminate(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random, times: int = 4) -> float:
     """pg_terminate_backend of the service's connections, several times mid-load."""
-    assert chain.database is not None, "terminate needs a database to act on"
     name = chain.dsn.rsplit("/", 1)[1]
     for n in range(times):
         pub.wait_progress((n + 1) / (times + 1))
         time.sleep(rng.uniform(0, 0.3))
-        chain.database.terminate_backends(name)
+        run(terminate_backends(name, admin_dsn=chain.admin_dsn))
     return time.monotonic()
 
 
@@ -417,13 +417,15 @@ DATABASE_FAULTS = ("pg_restart", "terminate_backends", "proxy_stall_drop")
 @dataclass(frozen=True)
 class RoundResult:
     fault: str
+    ledger: Ledger
     account: Account
-    recovery_s: float | None  # None: not caught up within the time allowed
-    service_restarts: int
+    recovery_s: float | None  # None: not caught up within the time allowed (Account.caught_up)
+    service_restarts: int      # by the fault (SIGKILL)
+    service_exited: bool       # on its own: a crash
 
 
 def run_round(chain: Chain, fault: str, round_no: int, *, rng: random.Random | None = None,
-              enterprises: int = 4, rate: float = 400.0, timeout: float = 120) -> RoundResult:
+              enterprises: int = 4, rate: float = 150.0, timeout: float = 120) -> RoundResult:
     """One round of load with ``fault`` applied; the caller asserts or prints."""
     rng = rng or random.Random(round_no)
     load = Load(round_no, enterprises=enterprises)
@@ -444,13 +446,13 @@ def run_round(chain: Chain, fault: str, round_no: int, *, rng: random.Random | N
     since = max(fault_end, published_at)
     deadline = since + timeout
     result = chain.account(ledger)
-    while not result.ok and time.monotonic() < deadline:
+    while not result.caught_up and time.monotonic() < deadline:
         if not chain.service_alive():
             break  # a stopped service never catches up: report it as it stands
         time.sleep(0.25)
         result = chain.account(ledger)
-    recovery = time.monotonic() - since if result.ok else None
-    return RoundResult(fault, result, recovery, chain.restarts - restarts)
+    recovery = time.monotonic() - since if result.caught_up else None
+    return RoundResult(fault, ledger, result, recovery, chain.restarts - restarts, not chain.service_alive())
 
 
 @contextmanager

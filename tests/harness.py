@@ -216,15 +216,30 @@ class Account:
     unexpected: int      # stored keys nobody published
     quarantine_expected: int
     quarantine_actual: int
-    quarantine_diff: tuple[str, ...]  # (topic reason) too many (+) or missing (-)
+    quarantine_missing: tuple[str, ...]     # "topic reason" of bad inputs without their row
+    quarantine_unexpected: tuple[str, ...]  # rows matching no bad input
+    quarantine_copies: tuple[str, ...]      # more rows for a bad input than it was sent (a redelivery)
     targets: dict[str, TargetAccount]
 
     @property
+    def readings_ok(self) -> bool:
+        return self.stored == self.published and not (self.duplicates or self.missing or self.wrong
+                                                      or self.unexpected)
+
+    @property
+    def periods_ok(self) -> bool:
+        return all(t.received == t.expected and not (t.missing or t.wrong or t.extra)
+                   for t in self.targets.values())
+
+    @property
+    def caught_up(self) -> bool:
+        """Everything sent has arrived (what waiting cannot mend, such as copies, aside)."""
+        return self.readings_ok and self.periods_ok and not self.quarantine_missing
+
+    @property
     def ok(self) -> bool:
-        return (self.stored == self.published and not (self.duplicates or self.missing or self.wrong
-                                                       or self.unexpected or self.quarantine_diff)
-                and all(t.received == t.expected and not (t.missing or t.wrong or t.extra)
-                        for t in self.targets.values()))
+        return (self.readings_ok and self.periods_ok
+                and not (self.quarantine_missing or self.quarantine_unexpected or self.quarantine_copies))
 
     def problems(self) -> list[str]:
         out = [f"{name}: {v}" for name, v in (("duplicates", self.duplicates), ("missing", self.missing),
@@ -232,7 +247,9 @@ class Account:
                if v]
         if self.stored != self.published:
             out.append(f"stored {self.stored} of {self.published}")
-        out += [f"quarantine {d}" for d in self.quarantine_diff]
+        out += [f"quarantine {what}: {d}" for what, ds in (("missing", self.quarantine_missing),
+                                                            ("unexpected", self.quarantine_unexpected),
+                                                            ("copy", self.quarantine_copies)) for d in ds]
         for name, t in self.targets.items():
             if t.received != t.expected or t.missing or t.wrong or t.extra:
                 out.append(f"{name}: {t}")
@@ -261,8 +278,11 @@ def account(dsn: str, ledger: Ledger, platforms: dict[str, str]) -> Account:
     got_q = Counter(query(dsn, "SELECT topic, reason FROM quarantine WHERE split_part(topic, '/', 4) = %s",
                           ledger.gateway))
     want_q = Counter(ledger.bad)
-    diff = tuple(sorted([f"+{n} {t} {r}" for (t, r), n in (got_q - want_q).items()]
-                        + [f"-{n} {t} {r}" for (t, r), n in (want_q - got_q).items()]))
+    extra = got_q - want_q
+    q_missing = tuple(sorted(f"{t} {r}" for (t, r), n in (want_q - got_q).items() for _ in range(n)))
+    q_unexpected = tuple(sorted(f"{t} {r}" for (t, r), n in extra.items() if (t, r) not in want_q
+                                for _ in range(n)))
+    q_copies = tuple(sorted(f"{t} {r}" for (t, r), n in extra.items() if (t, r) in want_q for _ in range(n)))
 
     targets = {}
     ent_set = set(ents)
@@ -279,4 +299,5 @@ def account(dsn: str, ledger: Ledger, platforms: dict[str, str]) -> Account:
         )
     return Account(published=len(want), stored=len(rows), duplicates=duplicates, missing=missing, wrong=wrong,
                    unexpected=unexpected, quarantine_expected=sum(want_q.values()),
-                   quarantine_actual=sum(got_q.values()), quarantine_diff=diff, targets=targets)
+                   quarantine_actual=sum(got_q.values()), quarantine_missing=q_missing,
+                   quarantine_unexpected=q_unexpected, quarantine_copies=q_copies, targets=targets)
