@@ -250,7 +250,7 @@ class Publisher:
 class Database(Protocol):
     """What a PostgreSQL restart needs (tests/adversity.py's PrivatePostgres)."""
 
-    def restart(self) -> None: ...
+    def restart(self, mode: str = "fast") -> None: ...
 
 
 class Proxy(Protocol):
@@ -326,83 +326,93 @@ class Chain:
 
 
 # --- the faults ---------------------------------------------------------------------------
-# Each runs while the publisher is going and returns when the fault is over (monotonic
-# time of its end).  ``rng`` varies the timing in the soak; the suite passes a fixed seed.
+# Each runs while the publisher is going and returns when the fault is over: the
+# monotonic time of its end and a few words on what it did.  ``rng`` varies the timing
+# and the kind in the soak; the suite passes a fixed seed.
 
-def fault_none(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> float:
+Done = tuple[float, str]
+
+
+def fault_none(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> Done:
     """No fault: the baseline the others are compared with."""
     pub.wait_progress(0.5)
-    return time.monotonic()
+    return time.monotonic(), ""
 
 
-def fault_sigkill(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random, kills: int = 3) -> float:
+def fault_sigkill(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random, kills: int = 3) -> Done:
     """SIGKILL `nhjc run` several times while the load runs, restarting it each time."""
     for n in range(kills):
         pub.wait_progress((n + 1) / (kills + 1))
         time.sleep(rng.uniform(0, 0.3))
         chain.kill_service()
         chain.start_service()
-    return time.monotonic()
+    return time.monotonic(), f"{kills} kills"
 
 
-def fault_broker_restart(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> float:
+def fault_broker_restart(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> Done:
     """Stop the broker (gracefully: it saves its sessions) mid-load and start it again
     after a pause; the gateway stops publishing meanwhile and reconnects after."""
     pub.wait_progress(rng.uniform(0.3, 0.6))
     pub.pause()
     chain.broker.stop()
-    time.sleep(rng.uniform(1, 3))
+    pause = rng.uniform(1, 3)
+    time.sleep(pause)
     chain.broker.start()
     pub.resume()
-    return time.monotonic()
+    return time.monotonic(), f"down {pause:.1f} s"
 
 
-def fault_platform_down(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> float:
-    """One platform refuses every connection for the whole simulated hour; the other
-    must be served all along.  The platform comes back once the other has it all."""
+def fault_platform_down(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> Done:
+    """One platform refuses for the whole simulated hour (connections dropped, or HTTP
+    503); the other must be served all along.  It comes back once the other has it all."""
     down = rng.choice(PLATFORMS)
-    platform_control(chain.platforms[down], down=True)
+    how = rng.choice(["drop", "503"])
+    platform_control(chain.platforms[down], **({"down": True} if how == "drop" else {"fail_status": 503}))
     try:
         pub.wait()
         other = next(p for p in PLATFORMS if p != down)
         wait_for(lambda: chain.account(ledger).targets[other].missing == 0, 90, f"every period at {other}")
-        assert chain.account(ledger).targets[down].received == 0, f"{down} received records while down"
+        assert chain.account(ledger).targets[down].received == 0, f"{down} received records while refusing"
     finally:
-        platform_control(chain.platforms[down], down=False)
-    return time.monotonic()
+        platform_control(chain.platforms[down], down=False, fail_status=None)
+    return time.monotonic(), f"{down} {how}"
 
 
-def fault_pg_restart(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> float:
-    """Restart PostgreSQL mid-load."""
+def fault_pg_restart(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> Done:
+    """Restart PostgreSQL mid-load: a clean stop ("fast") or a crash ("immediate",
+    recovery from the WAL at start)."""
     assert chain.database is not None, "pg_restart needs a private PostgreSQL"
     pub.wait_progress(rng.uniform(0.3, 0.6))
-    chain.database.restart()
-    return time.monotonic()
+    mode = rng.choice(["fast", "immediate"])
+    chain.database.restart(mode)
+    return time.monotonic(), mode
 
 
-def fault_terminate(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random, times: int = 4) -> float:
+def fault_terminate(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random, times: int = 4) -> Done:
     """pg_terminate_backend of the service's connections, several times mid-load."""
     name = chain.dsn.rsplit("/", 1)[1]
+    killed = 0
     for n in range(times):
         pub.wait_progress((n + 1) / (times + 1))
         time.sleep(rng.uniform(0, 0.3))
-        run(terminate_backends(name, admin_dsn=chain.admin_dsn))
-    return time.monotonic()
+        killed += run(terminate_backends(name, admin_dsn=chain.admin_dsn))
+    return time.monotonic(), f"{times}x, {killed} backends"
 
 
-def fault_proxy(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> float:
+def fault_proxy(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> Done:
     """The TCP path to the database stalls (bytes held, connections open), then every
     connection is dropped, then it works again."""
     assert chain.proxy is not None, "proxy faults need the service behind a TcpProxy"
     pub.wait_progress(rng.uniform(0.3, 0.5))
     chain.proxy.stall()
-    time.sleep(rng.uniform(3, 6))
-    chain.proxy.drop()
+    stall = rng.uniform(3, 6)
+    time.sleep(stall)
+    dropped = chain.proxy.drop()
     chain.proxy.resume()
-    return time.monotonic()
+    return time.monotonic(), f"stall {stall:.1f} s, {dropped} dropped"
 
 
-FAULTS: dict[str, Callable[[Chain, Publisher, Ledger, random.Random], float]] = {
+FAULTS: dict[str, Callable[[Chain, Publisher, Ledger, random.Random], Done]] = {
     "none": fault_none,
     "sigkill": fault_sigkill,
     "broker_restart": fault_broker_restart,
@@ -411,12 +421,12 @@ FAULTS: dict[str, Callable[[Chain, Publisher, Ledger, random.Random], float]] = 
     "terminate_backends": fault_terminate,
     "proxy_stall_drop": fault_proxy,
 }
-DATABASE_FAULTS = ("pg_restart", "terminate_backends", "proxy_stall_drop")
 
 
 @dataclass(frozen=True)
 class RoundResult:
     fault: str
+    detail: str  # what the fault did, in a few words
     ledger: Ledger
     account: Account
     recovery_s: float | None  # None: not caught up within the time allowed (Account.caught_up)
@@ -441,7 +451,7 @@ def run_round(chain: Chain, fault: str, round_no: int, *, rng: random.Random | N
     wait_for(lambda: count(chain.dsn, "SELECT count(*) FROM items WHERE enterprise = ANY(%s)", list(ledger.enterprises))
              == len(ITEMS) * enterprises, 60, "the round's items registered")
     pub = Publisher(chain.broker.url, load.messages(), rate).start()
-    fault_end = FAULTS[fault](chain, pub, ledger, rng)
+    fault_end, detail = FAULTS[fault](chain, pub, ledger, rng)
     published_at = pub.wait()
     since = max(fault_end, published_at)
     deadline = since + timeout
@@ -452,7 +462,7 @@ def run_round(chain: Chain, fault: str, round_no: int, *, rng: random.Random | N
         time.sleep(0.25)
         result = chain.account(ledger)
     recovery = time.monotonic() - since if result.caught_up else None
-    return RoundResult(fault, ledger, result, recovery, chain.restarts - restarts, not chain.service_alive())
+    return RoundResult(fault, detail, ledger, result, recovery, chain.restarts - restarts, not chain.service_alive())
 
 
 @contextmanager

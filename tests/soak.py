@@ -27,24 +27,25 @@ from tests.adversity import PrivatePostgres, TcpProxy
 from tests.fault_scenarios import FAULTS, PLATFORMS, Chain, RoundResult, run_round
 from tests.services import Mosquitto
 
-COLUMNS = ("round", "fault", "published", "stored", "dup", "missing", "quarantine e/a",
+COLUMNS = ("round", "fault", "detail", "published", "stored", "duplicates", "missing", "quarantine e/a",
            *(f"{p} e/a" for p in PLATFORMS), "recovery s", "ok")
 
 
 def row(n: int, r: RoundResult) -> tuple[str, ...]:
     a = r.account
-    return (str(n), r.fault, str(a.published), str(a.stored), str(a.duplicates), str(a.missing),
+    return (str(n), r.fault, r.detail, str(a.published), str(a.stored), str(a.duplicates), str(a.missing),
             f"{a.quarantine_expected}/{a.quarantine_actual}",
             *(f"{a.targets[p].expected}/{a.targets[p].received}" for p in PLATFORMS),
             "-" if r.recovery_s is None else f"{r.recovery_s:.1f}",
             "yes" if a.ok else "NO" + (" (service exited)" if r.service_exited else ""))
 
 
-WIDTHS = [max(len(c), 18 if c == "fault" else 6) for c in COLUMNS]
+WIDTHS = [max(len(c), {"fault": 18, "detail": 22}.get(c, 6)) for c in COLUMNS]
 
 
 def line(cells: tuple[str, ...]) -> str:
-    return "  ".join(c.rjust(w) for c, w in zip(cells, WIDTHS, strict=True))
+    return "  ".join(c.ljust(w) if n in (1, 2) else c.rjust(w)
+                     for n, (c, w) in enumerate(zip(cells, WIDTHS, strict=True)))
 
 
 def header() -> str:
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
     parser.add_argument("--enterprises", type=int, default=4, help="enterprises per round")
     parser.add_argument("--rate", type=float, default=150.0, help="messages published per second")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds a round may take to catch up")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds a round may take to catch up")
     args = parser.parse_args(argv)
     faults = args.faults.split(",")
     unknown = [f for f in faults if f not in FAULTS]
@@ -112,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  round {len(results)}: {'; '.join(result.account.problems())[:2000]}", flush=True)
                 if not chain.service_alive():
                     print(f"  round {len(results)}: nhjc run exited; started again (log: {workdir}/chain)")
-                    chain.start_service()
+                    chain.start_service(wait_ready=False)
+                elif result.recovery_s is None:
+                    # Alive but not catching up: stuck.  Kill it so later rounds measure
+                    # their own faults rather than this one.
+                    print(f"  round {len(results)}: nhjc run stuck; killed and started again (log: {workdir}/chain)")
+                    chain.kill_service()
+                    chain.start_service(wait_ready=False)
         finally:
             chain.stop()
     finally:
