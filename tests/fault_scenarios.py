@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+import psycopg
+
 from processing.coefficients import DEFAULT_COEFFICIENTS
 from tests.harness import (
     Account,
@@ -324,6 +326,16 @@ class Chain:
     def account(self, ledger: Ledger) -> Account:
         return account(self.dsn, ledger, self.platforms)
 
+    def account_when_reachable(self, ledger: Ledger, deadline: float) -> Account:
+        """The account, waiting (until deadline) for a database that is coming back."""
+        while True:
+            try:
+                return self.account(ledger)
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
 
 # --- the faults ---------------------------------------------------------------------------
 # Each runs while the publisher is going and returns when the fault is over: the
@@ -455,12 +467,12 @@ def run_round(chain: Chain, fault: str, round_no: int, *, rng: random.Random | N
     published_at = pub.wait()
     since = max(fault_end, published_at)
     deadline = since + timeout
-    result = chain.account(ledger)
+    result = chain.account_when_reachable(ledger, deadline)
     while not result.caught_up and time.monotonic() < deadline:
         if not chain.service_alive():
             break  # a stopped service never catches up: report it as it stands
         time.sleep(0.25)
-        result = chain.account(ledger)
+        result = chain.account_when_reachable(ledger, deadline)
     recovery = time.monotonic() - since if result.caught_up else None
     return RoundResult(fault, detail, ledger, result, recovery, chain.restarts - restarts, not chain.service_alive())
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     pg = PrivatePostgres().start()
     proxy = TcpProxy(pg.port).start()
     results: list[RoundResult] = []
+    errors: list[str] = []
     rows: list[tuple[str, ...]] = []
     try:
         dsn = pg.create_database()
@@ -104,8 +106,17 @@ def main(argv: list[str] | None = None) -> int:
                 if not cycle:
                     cycle = rng.sample(faults, len(faults))
                 fault = cycle.pop()
-                result = run_round(chain, fault, len(results) + 1, rng=random.Random(rng.random()),
-                                   enterprises=args.enterprises, rate=args.rate, timeout=args.timeout)
+                try:
+                    result = run_round(chain, fault, len(results) + len(errors) + 1, rng=random.Random(rng.random()),
+                                       enterprises=args.enterprises, rate=args.rate, timeout=args.timeout)
+                except Exception as exc:  # the harness, not nhjc: say so and go on
+                    errors.append(f"{fault}: {type(exc).__name__}: {exc}")
+                    print(f"  round {len(results) + len(errors)} ({fault}) could not be run: {errors[-1]}", flush=True)
+                    if not pg.running:
+                        pg.start()
+                    if not chain.service_alive():
+                        chain.start_service(wait_ready=False)
+                    continue
                 results.append(result)
                 rows.append(row(len(results), result))
                 print(line(rows[-1]), flush=True)
@@ -124,11 +135,15 @@ def main(argv: list[str] | None = None) -> int:
             chain.stop()
     finally:
         proxy.stop()
+        if pg.workdir is not None and (pg.workdir / "postgres.log").exists():
+            shutil.copy(pg.workdir / "postgres.log", workdir / "postgres.log")
         pg.close()
         broker.stop()
     print(summary(results))
+    if errors:
+        print(f"{len(errors)} round(s) could not be run: " + "; ".join(errors))
     print(f"\nlogs: {workdir}")
-    return 0 if results and all(r.account.ok for r in results) else 1
+    return 0 if results and not errors and all(r.account.ok for r in results) else 1
 
 
 if __name__ == "__main__":
