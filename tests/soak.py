@@ -131,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  round {len(results)}: nhjc run stuck; killed and started again (log: {workdir}/chain)")
                     chain.kill_service()
                     chain.start_service(wait_ready=False)
+            # A round that did not catch up in time (a stuck service, killed and started
+            # again) is looked at once more: were its readings late, or lost?
+            for n, r in enumerate(results, 1):
+                if r.recovery_s is None:
+                    a = chain.account_when_reachable(r.ledger, time.monotonic() + 60)
+                    print(f"  round {n} at the end: stored {a.stored} of {a.published}, missing {a.missing}, "
+                          f"quarantine {a.quarantine_expected}/{a.quarantine_actual}, "
+                          + ", ".join(f"{p} {a.targets[p].expected}/{a.targets[p].received}" for p in PLATFORMS),
+                          flush=True)
         finally:
             chain.stop()
     finally:
