@@ -135,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             # again) is looked at once more: were its readings late, or lost?
             for n, r in enumerate(results, 1):
                 if r.recovery_s is None:
-                    a = chain.account_when_reachable(r.ledger, time.monotonic() + 60)
+                    until = time.monotonic() + max(args.timeout, 60)
+                    a = chain.account_when_reachable(r.ledger, until)
+                    while not a.caught_up and time.monotonic() < until:
+                        time.sleep(0.5)
+                        a = chain.account_when_reachable(r.ledger, until)
                     print(f"  round {n} at the end: stored {a.stored} of {a.published}, missing {a.missing}, "
                           f"quarantine {a.quarantine_expected}/{a.quarantine_actual}, "
                           + ", ".join(f"{p} {a.targets[p].expected}/{a.targets[p].received}" for p in PLATFORMS),
