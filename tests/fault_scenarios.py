@@ -65,7 +65,7 @@ ITEMS = (
 UNKNOWN_CODE = "00-00-0000-020100-09"  # never registered: readings of it are unknown_item
 
 
-def _plat(t: datetime) -> str:
+def _platform_time(t: datetime) -> str:
     return t.astimezone(TZ).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -73,8 +73,8 @@ def _plat(t: datetime) -> str:
 class Load:
     """One round's input: ``enterprises`` new enterprises, each with the four ITEMS,
     a cumulative register per item read every ``step_s`` for ``minutes`` simulated
-    minutes (both ends included, so every 15-minute period is fully covered), and five
-    bad inputs per enterprise."""
+    minutes (both ends included, so every 15-minute period is fully covered), five bad
+    inputs per enterprise and a frame under an invalid enterprise code."""
 
     round_no: int
     enterprises: int = 4
@@ -93,7 +93,7 @@ class Load:
     def topic(self, enterprise: str, kind: str = "readings") -> str:
         return f"nhjc/v1/{enterprise}/{self.gateway}/{kind}"
 
-    def items(self, enterprise: str) -> list[dict[str, Any]]:
+    def items(self) -> list[dict[str, Any]]:
         return [item(code, unit=unit, energy=energy, multiplier=mult, scope=scope, name=f"meter {code}")
                 for code, energy, unit, mult, scope in ITEMS]
 
@@ -156,7 +156,7 @@ class Load:
         per_quarter = 900 // self.step_s
         for e, ent in enumerate(self.codes):
             for q in range(self.minutes // 15):
-                start = _plat(datetime.fromtimestamp(t0 + q * 900, TZ))
+                start = _platform_time(datetime.fromtimestamp(t0 + q * 900, TZ))
                 total = 0.0
                 for k, (code, energy, _, mult, scope) in enumerate(ITEMS):
                     value = (self.register(e, k, (q + 1) * per_quarter) - self.register(e, k, q * per_quarter)) * mult
@@ -456,7 +456,7 @@ def run_round(chain: Chain, fault: str, round_no: int, *, rng: random.Random | N
     items = Gateway(chain.broker.url, "-")
     try:
         for ent in load.codes:  # registered before their readings arrive
-            items.publish_raw(load.topic(ent, "items"), json.dumps({"v": 1, "items": load.items(ent)}), retain=True)
+            items.publish_raw(load.topic(ent, "items"), json.dumps({"v": 1, "items": load.items()}), retain=True)
         items.retained.clear()  # they stay: a restarted service reads them again
     finally:
         items.close()
