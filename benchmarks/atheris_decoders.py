@@ -23,7 +23,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["ingest"]):
-    from ingest.frames import decode_readings
+    from ingest.frames import decode_readings, pg_storable
     from ingest.items import ItemsError, parse_items_file_bytes, parse_items_payload
     from ingest.topics import parse_topic
 
@@ -43,28 +43,19 @@ SEEDS = [
 ]
 
 
-def storable(text: str | None) -> bool:
-    """What PostgreSQL's text type accepts: no NUL, no lone surrogate."""
-    if text is None:
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
 
 
 def test_one_input(data: bytes) -> None:
     b = decode_readings(TOPIC_NAME, TOPIC, data, NOW_US, known_codes=KNOWN)
     for q in b.quarantine:
-        if not all(storable(t) for t in (q.topic, q.enterprise, q.reason, q.detail)):
+        if not all(pg_storable(t) for t in (q.topic, q.enterprise, q.reason, q.detail)):
             raise AssertionError(f"unstorable quarantine text: {q!r}")
     try:
         _good, bad = parse_items_payload(data, ENTERPRISE)
-        if not all(storable(why) for _i, why, _raw in bad):
+        if not all(pg_storable(why) for _i, why, _raw in bad):
             raise AssertionError(f"unstorable item reason: {bad!r}")
     except ItemsError as exc:
-        if not storable(str(exc)):
+        if not pg_storable(str(exc)):
             raise AssertionError(f"unstorable ItemsError: {exc!r}") from None
     for encoding in (None, "gb18030"):
         with contextlib.suppress(ItemsError):

@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from ingest.frames import FrameLimits, decode_readings
+from ingest.frames import FrameLimits, decode_readings, pg_storable
 from ingest.items import ItemsError, parse_items_file_bytes, parse_items_payload
 from ingest.topics import parse_topic
 
@@ -141,14 +141,6 @@ def make_input(rng: random.Random, previous: bytes) -> bytes:
     return rng.randbytes(rng.randint(0, 200))
 
 
-def storable(text: str | None) -> bool:
-    if text is None:
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
 
 
 def main() -> int:
@@ -179,16 +171,16 @@ def main() -> int:
                     b = decode_readings(TOPIC, topic, data, NOW_US, known_codes=KNOWN, limits=limits)
                     rows += len(b.rows)
                     quarantined += len(b.quarantine)
-                    unsafe += sum(not all(storable(t) for t in (q.topic, q.enterprise, q.reason, q.detail))
+                    unsafe += sum(not all(pg_storable(t) for t in (q.topic, q.enterprise, q.reason, q.detail))
                                   for q in b.quarantine)
                 elif which == "items":
                     _good, bad = parse_items_payload(data, ENTERPRISE)
-                    unsafe += sum(not storable(why) for _i, why, _raw in bad)
+                    unsafe += sum(not pg_storable(why) for _i, why, _raw in bad)
                 else:
                     parse_items_file_bytes(data, None if n % 8 else "gb18030")
             except ItemsError as exc:
                 items_errors += 1
-                unsafe += not storable(str(exc))
+                unsafe += not pg_storable(str(exc))
             except Exception as exc:
                 key = f"{which}: {type(exc).__name__}"
                 escaped[key] += 1

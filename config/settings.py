@@ -39,7 +39,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "SettingsError", "load_settings", "redact_url", "secret_value"]
+__all__ = ["Settings", "SettingsError", "load_settings", "read_file", "redact_url", "secret_value"]
 
 
 class SettingsError(Exception):
@@ -83,11 +83,10 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def _check_readable(path: Path) -> Path:
-    """The path, when it names a file we can read; else ValueError in one line."""
+def read_file(path: Path) -> bytes:
+    """The file's bytes; else ValueError in one line naming the path and the trouble."""
     try:
-        with path.open("rb"):
-            pass
+        return path.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"no such file {path}") from None
     except IsADirectoryError:
@@ -96,6 +95,11 @@ def _check_readable(path: Path) -> Path:
         raise ValueError(f"cannot read {path}: permission denied") from None
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
+
+
+def _check_readable(path: Path) -> Path:
+    """The path, when it names a file we can read; else ValueError in one line."""
+    read_file(path)
     return path
 
 

@@ -29,7 +29,7 @@ from processing.quality import EARLY, LATE
 
 __all__ = [
     "MAX_ABS_VALUE", "REASONS", "FrameLimits", "decode_readings", "describe", "encode_json",
-    "normalise_code", "pg_text",
+    "normalise_code", "pg_storable", "pg_text",
 ]
 
 # Every reason code ingest can give, frame-level and reading-level (see docs/wire.md).
@@ -58,6 +58,18 @@ class FrameLimits:
     max_readings: int = 5000
     early_tolerance_s: float = 300.0
     late_horizon_s: float = 7 * 86400.0
+
+
+def pg_storable(text: str | None) -> bool:
+    """True when PostgreSQL's text type takes ``text`` as it is: no NUL, no lone
+    surrogate (what :func:`pg_text` makes of any text)."""
+    if text is None:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def pg_text(text: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
-from config.settings import Settings
+from config.settings import Settings, read_file
 from ingest.items import ItemsError, parse_items_file_bytes
 from nhjc.startup import DATABASE_ERRORS, database_problem
 from processing.migrate import migrate
@@ -43,15 +43,9 @@ class _Refused(Exception):
 
 def _read(path: Path) -> bytes:
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise _Refused(f"no such file {path}") from None
-    except IsADirectoryError:
-        raise _Refused(f"{path} is a directory, not an items file") from None
-    except PermissionError:
-        raise _Refused(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise _Refused(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+        return read_file(path)
+    except ValueError as exc:
+        raise _Refused(str(exc)) from None
 
 
 async def _load(dsn: str, path: Path, encoding: str | None) -> int:

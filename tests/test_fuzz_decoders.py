@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.batch import ReadingBatch
-from ingest.frames import MAX_ABS_VALUE, REASONS, FrameLimits, decode_readings
+from ingest.frames import MAX_ABS_VALUE, REASONS, FrameLimits, decode_readings, pg_storable
 from ingest.items import (
     ItemsError,
     ItemSpec,
@@ -35,15 +35,6 @@ KNOWN = frozenset({DEC_CODE})
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def storable(text: str | None) -> bool:
-    """What PostgreSQL's text type accepts."""
-    if text is None:
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
 
 
 def decode(payload: bytes, topic_name: str = TOPIC) -> ReadingBatch:
@@ -54,7 +45,7 @@ def check_batch(b: ReadingBatch, payload: bytes) -> None:
     assert isinstance(b, ReadingBatch) and b.frames == 1
     for q in b.quarantine:
         assert q.reason in REASONS
-        assert all(storable(t) for t in (q.topic, q.enterprise, q.reason, q.detail)), q
+        assert all(pg_storable(t) for t in (q.topic, q.enterprise, q.reason, q.detail)), q
         assert isinstance(q.raw, bytes)
         if q.level == "frame":
             assert q.raw == payload and len(b.quarantine) == 1 and len(b.rows) == 0
@@ -70,7 +61,7 @@ def check_batch(b: ReadingBatch, payload: bytes) -> None:
 
 def check_items_error(exc: ItemsError) -> None:
     assert exc.reason in ("bad_json", "bad_shape", "bad_version", "bad_item", "bad_encoding")
-    assert storable(str(exc)) and str(exc)
+    assert pg_storable(str(exc)) and str(exc)
 
 
 @FUZZ
@@ -81,7 +72,7 @@ def test_arbitrary_bytes_never_escape_the_frame_decoder(payload) -> None:
 
 @FUZZ
 @given(frame_payloads())
-def test_crafted_frames_never_escape_and_every_row_is_storable(payload) -> None:
+def test_crafted_frames_never_escape_and_every_row_is_pg_storable(payload) -> None:
     check_batch(decode(payload), payload)
 
 
@@ -112,10 +103,10 @@ def test_items_payload_raises_only_items_error(payload) -> None:
         return
     assert all(isinstance(i, ItemSpec) and i.enterprise == DEC_ENTERPRISE for i in good)
     for _i, why, raw in bad:
-        assert storable(why) and why
+        assert pg_storable(why) and why
         json.loads(raw.decode("utf-8"))
     for i in good:  # what is accepted is storable and bounded
-        assert all(storable(t) for t in (i.name, i.unit, i.code, i.energy))
+        assert all(pg_storable(t) for t in (i.name, i.unit, i.code, i.energy))
         assert 0 < i.multiplier <= 1e9
 
 
