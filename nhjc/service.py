@@ -50,6 +50,18 @@ RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
 T = TypeVar("T")
 
 
+def _quiet_database_leftovers(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncpg returns a connection to its pool in a shielded task: when the connection is
+    cut under it (a stall ended by terminating the pool), nobody awaits that task and
+    asyncio would log its error with a traceback.  Such an error is the database being
+    away, already said once by the health state: keep it to a debug line."""
+    exc = context.get("exception")
+    if exc is not None and is_retryable(exc):
+        log.debug("a background database task ended: %s: %s", type(exc).__name__, exc)
+        return
+    loop.default_exception_handler(context)
+
+
 class SchemaError(RuntimeError):
     """The database schema is older than this program."""
 
@@ -287,6 +299,7 @@ class Service:
     # --- lifecycle ---------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
+        asyncio.get_running_loop().set_exception_handler(_quiet_database_leftovers)
         # Listen first: a metrics port in use stops the start before anything connects.
         self.http = HttpEndpoint(host=s.metrics.host, port=s.metrics.port, registry=self.registry,
                                  ready=self.ready, reasons=self.not_ready_reasons)

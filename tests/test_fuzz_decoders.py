@@ -159,7 +159,7 @@ def test_the_rows_of_the_known_escapes_and_of_garbage_go_into_postgresql(db) -> 
     assert len(rows) > 4000
     with psycopg.connect(db, autocommit=True) as conn:
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO quarantine (received_at, topic, enterprise, reason, detail, raw) "
-                            "VALUES (now(), %s, %s, %s, %s, %s)", rows)
+            cur.executemany("INSERT INTO quarantine (received_at, topic, enterprise, reason, detail, raw, fingerprint) "
+                            "VALUES (now(), %s, %s, %s, %s, %s, sha256(random()::text::bytea))", rows)
         stored = conn.execute("SELECT topic, enterprise, reason, detail, raw FROM quarantine ORDER BY id").fetchall()
     assert [(*r[:4], bytes(r[4])) for r in stored] == rows

@@ -425,7 +425,9 @@ async def test_every_energy_panel_query_returns_the_inserted_figures(db: str) ->
         await insert_consumption(conn, rows)
         received = now - timedelta(minutes=30)
         await conn.executemany(
-            "INSERT INTO quarantine (received_at, topic, enterprise, reason, detail, raw) VALUES ($1, $2, $3, $4, '', '')",
+            # Distinct arrivals of the same bad input would be one row; these stand for distinct inputs.
+            "INSERT INTO quarantine (received_at, topic, enterprise, reason, detail, raw, fingerprint)"
+            " VALUES ($1, $2, $3, $4, '', '', sha256(random()::text::bytea))",
             [(received, f"nhjc/v1/{e1}/gw/readings", e1, "unknown_item")] * 3
             + [(received, f"nhjc/v1/{e2}/gw/readings", e2, "bad_timestamp")] * 2
             + [(received, "nhjc/v9/x", None, "bad_topic")])
