@@ -142,13 +142,17 @@ def delivered(platform: str) -> dict[tuple[str, str], float]:
 def progress(dsn: str, load: Load, platform: str) -> dict[str, tuple[int, int]]:
     """(have, want) of readings, pending work, 15-minute periods and periods delivered
     with their stored value (a period computed from part of its readings is sent, then
-    sent again once complete)."""
+    sent again once complete).  Read in the order the work flows (readings, pending
+    work, periods, the platform): periods read before the last pending work was done
+    could match a platform that holds a value computed from part of the readings."""
+    readings = count(dsn, "SELECT count(*) FROM readings")
+    pending = count(dsn, "SELECT count(*) FROM pending_recompute")
     stored = periods(dsn, load)
     at_platform = delivered(platform)
     want = (N_ITEMS + 1) * len(load.quarters)
     return {
-        "readings": (count(dsn, "SELECT count(*) FROM readings"), len(load.readings)),
-        "pending": (count(dsn, "SELECT count(*) FROM pending_recompute"), 0),
+        "readings": (readings, len(load.readings)),
+        "pending": (pending, 0),
         "periods": (len(stored), want),
         "delivered": (sum(1 for k, v in stored.items() if at_platform.get(k) == v), want),
     }
