@@ -4,7 +4,8 @@ or ``batch_ms`` after the first message, whichever comes first.
 Every message ends as a batch part carrying its handle, whatever its content: an error
 while decoding or validating it becomes a ``decode_failed`` quarantine row, items the
 database refuses a ``bad_item`` row.  Only the database being away holds a message up
-(its calls here are retried until they succeed); nothing a gateway sends stops the loop.
+(the service hands in database calls that retry until it answers); nothing a gateway
+sends stops the loop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ingest.topics import Topic, TopicError, parse_topic
 __all__ = ["Batcher", "RegistryCache"]
 
 log = logging.getLogger("nhjc.batcher")
+
 
 class RegistryCache:
     """enterprise -> registered item codes, reloaded from the database on demand (at

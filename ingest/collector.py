@@ -267,9 +267,19 @@ class Collector:
     def ack(self, handles: Iterable[Handle]) -> int:
         """Acknowledge messages whose rows are committed; returns how many were sent.
 
-        Every message received must come back here exactly once, when it is done with:
-        that is what frees its place in the window.  Handles of an earlier connection
-        free their place but are not sent (the broker redelivers those messages)."""
+        Every message received must come back here (or to ``forget``) exactly once, when
+        it is done with: that is what frees its place in the window.  Handles of an
+        earlier connection free their place but are not sent (the broker redelivers
+        those messages)."""
+        return self._hand_back(handles, send=True)
+
+    def forget(self, handles: Iterable[Handle]) -> None:
+        """Free the place of messages that are left unacknowledged on purpose (nothing
+        could be stored for them): the broker delivers them again on the next
+        connection, and the window does not shrink for good meanwhile."""
+        self._hand_back(handles, send=False)
+
+    def _hand_back(self, handles: Iterable[Handle], *, send: bool) -> int:
         sent = 0
         for h in handles:
             if h.qos == 0:
@@ -279,7 +289,7 @@ class Collector:
             if key not in self._held:
                 continue
             self._held.discard(key)
-            if h.generation == self._generation and self.connected:
+            if send and h.generation == self._generation and self.connected:
                 self._client.ack(h.mid, h.qos)
                 sent += 1
         self._window_changed()

@@ -179,8 +179,9 @@ class Service:
 
     # --- ingest ----------------------------------------------------------------------
     async def _apply_items(self, items: list[ItemSpec], source: str) -> None:
-        """One message's items, in one transaction (all or none).  Errors go to the
-        batcher, which retries the database's and quarantines the message for the rest."""
+        """One message's items, in one transaction (all or none).  Handed to the batcher
+        wrapped in ``_until_database``: the database being away is retried there, and any
+        other error reaches the batcher, which quarantines the message."""
         assert self.pool is not None
         async with self.pool.acquire() as conn:
             changed = await upsert_items(conn, items, source)
@@ -232,12 +233,15 @@ class Service:
     async def _reject(self, batch: ReadingBatch, store: Store, exc: Exception) -> bool:
         """The store refused one message's content: keep the message whole in quarantine
         instead.  Should even that row be refused, a minimal one (ASCII text, the raw bytes
-        as bytea); should that be refused too, the message stays unacknowledged (the broker
-        redelivers it on the next start) and ingestion goes on: never a loop."""
+        as bytea); should that be refused too, the message stays unacknowledged (its place
+        in the window freed; the broker redelivers it on the next connection) and
+        ingestion goes on: never a loop."""
         detail = f"the store refused it: {error_detail(exc)}"
         src = batch.sources[0] if batch.sources else None
+        assert self.collector is not None
         if src is None:  # a batch not from the batcher: nothing to quarantine it as
             self.metrics.message_failed("store", "(unknown)", exc, "left unacknowledged")
+            self.collector.forget(batch.handles)
             return True
         self.metrics.message_failed("store", src.topic, exc)
         attempts = [
@@ -258,6 +262,7 @@ class Service:
             self._committed(row, written, time.perf_counter() - started)
             return True
         log.error("message on %s could not be stored nor quarantined; left unacknowledged", ascii(src.topic[:200]))
+        self.collector.forget(batch.handles)
         return True
 
     def _committed(self, batch: ReadingBatch, written: int, seconds: float) -> None:

@@ -209,6 +209,35 @@ async def test_full_window_stops_reading_and_acks_resume_until_all_delivered(gre
         await d.stop()
 
 
+async def test_a_forgotten_message_frees_its_place_and_comes_again_on_the_next_connection(
+        greedy: Mosquitto) -> None:
+    # What nothing could be stored for is left unacknowledged on purpose: reading goes
+    # on (the window does not shrink for good) and the broker delivers it once more.
+    client_id, sent = await backlog(greedy, WINDOW + 5, "forget")
+    d = await Drive(greedy.url, client_id).start()
+    try:
+        await until(lambda: d.c.queue.qsize() >= WINDOW, 10, "the window to fill")
+        first = d.take()[0]
+        d.handed_back += 1
+        d.c.forget([first.handle])
+        # Its place is free at once (the broker, counting it in flight, sends more as the
+        # others are acknowledged).
+        assert d.c.unacked == WINDOW - 1 and not d.c.window_paused
+        await d.ack_slowly(len(sent))
+        assert sorted(m.payload for m in d.taken) == sorted(sent)
+        assert d.c.unacked == 0 and d.c.peak_unacked == WINDOW
+    finally:
+        await d.stop()
+    again = await Drive(greedy.url, client_id).start()
+    try:
+        await until(lambda: again.c.queue.qsize() >= 1, 10, "the forgotten message redelivered")
+        await asyncio.sleep(0.5)
+        assert [m.payload for m in again.take()] == [first.payload]
+        again.ack(again.taken)
+    finally:
+        await again.stop()
+
+
 async def test_qos0_messages_count_in_the_window_until_handed_back(greedy: Mosquitto) -> None:
     d = await Drive(greedy.url, f"window-qos0-{uuid.uuid4().hex[:6]}").start()
     try:

@@ -69,10 +69,14 @@ class AckLog:
 
     def __init__(self) -> None:
         self.acked: list[object] = []
+        self.forgotten: list[object] = []  # left unacknowledged, their place freed
 
     def ack(self, handles: list[object]) -> int:
         self.acked.extend(handles)
         return len(handles)
+
+    def forget(self, handles: list[object]) -> None:
+        self.forgotten.extend(handles)
 
 
 async def batcher_for(pool: asyncpg.Pool | None, queue: asyncio.Queue[Message], codes: dict[str, frozenset[str]],
@@ -261,7 +265,7 @@ async def test_a_refused_quarantine_row_falls_back_to_a_minimal_one_and_never_lo
         # Even the minimal row refused: the message stays unacknowledged, ingestion goes on.
         await pool.execute("ALTER TABLE quarantine ADD CONSTRAINT test_refused_all CHECK (reason <> 'store_rejected') NOT VALID")
         assert await svc._commit(_part(2, ent.encode(), t, b"frame 2", value=1.0), store)
-        assert acks.acked == [1]
+        assert acks.acked == [1] and acks.forgotten == [2]  # its place in the window freed
         assert metric(svc.registry, "store", "CheckViolationError") == 5  # each message refused, then its rows: one, then two
         assert await svc._commit(_part(3, ent.encode(), t + 60_000_000, b"frame 3"), store)
         assert acks.acked == [1, 3]
