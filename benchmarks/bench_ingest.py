@@ -17,8 +17,8 @@ from pathlib import Path
 import asyncpg
 
 from ingest.frames import decode_readings
+from ingest.store import Store
 from ingest.topics import parse_topic
-from processing.store import Store
 from tests.harness import Gateway, ServiceProcess, count, enterprise_code, item
 from tests.services import Mosquitto, drop_database, migrated_database
 

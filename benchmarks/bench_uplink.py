@@ -17,7 +17,7 @@ import asyncpg
 from ingest.credit_code import check_character
 from tests.services import drop_database, migrated_database
 from tests.test_uplink_support import PIN, SM4_KEY, TZ_NAME, FakeClock, local, target
-from uplink.mock_platform import MockPlatform
+from tools.platform.mock import MockPlatform
 from uplink.runner import Uplink
 
 START = local(2026, 11, 28, 8, 0)

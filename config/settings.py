@@ -281,6 +281,10 @@ class IngestSettings(_Section):
     early_tolerance_s: float = Field(300.0, ge=0)
     # Readings older than this at arrival are stored, flagged "late".
     late_horizon_s: float = Field(7 * 86400.0, gt=0)
+    # After a failed commit (the database away) the batch is tried again after this
+    # pause, doubling up to pause_max_s; nothing is acknowledged meanwhile.
+    pause_min_s: float = Field(0.2, gt=0)
+    pause_max_s: float = Field(5.0, gt=0)
 
 
 class ProcessingSettings(_Section):
@@ -291,6 +295,21 @@ class ProcessingSettings(_Section):
     stuck_after_s: float = Field(6 * 3600.0, gt=0)
     # How often the aggregator looks for periods to recompute.
     interval_ms: int = Field(500, ge=10)
+    # Pending recomputations the aggregator claims per transaction.
+    chunk: int = Field(1000, ge=1, le=100_000)
+    # How often today's completeness is computed, and how long after a 15-minute period
+    # closes its readings are expected to have arrived.
+    completeness_interval_s: float = Field(60.0, gt=0)
+    completeness_settle_s: float = Field(900.0, ge=0)
+    # After a failed step (the database away, or a bug) a stage pauses this long,
+    # doubling up to pause_max_s; its work stays in the database meanwhile.
+    pause_min_s: float = Field(0.5, gt=0)
+    pause_max_s: float = Field(5.0, gt=0)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The time zone, as the stages use it (the text is checked at load)."""
+        return ZoneInfo(self.timezone)
 
     @field_validator("timezone")
     @classmethod
@@ -382,6 +401,11 @@ class UplinkSettings(_Section):
     # transaction that took a revision number commits within this time); until then
     # the uplink looks at it again, so a slow commit cannot slip past it.
     settle_s: float = Field(60.0, ge=0)
+    # After a failed step of a target (the database away, or a bug; not the platform,
+    # whose failures pause the target with the target's own backoff) it pauses this
+    # long, doubling up to pause_max_s.
+    pause_min_s: float = Field(0.5, gt=0)
+    pause_max_s: float = Field(5.0, gt=0)
 
 
 class MetricsSettings(_Section):

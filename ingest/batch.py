@@ -21,7 +21,7 @@ READING_DTYPE = np.dtype(
         ("code", f"S{CODE_LEN}"),
         ("ts", "<i8"),  # microseconds since the Unix epoch, UTC
         ("value", "<f8"),  # as the meter shows it (no multiplier)
-        ("quality", "<i2"),  # processing.quality flag bits
+        ("quality", "<i2"),  # ingest.quality flag bits
         ("received_at", "<i8"),  # microseconds since the Unix epoch, UTC
     ]
 )

@@ -24,8 +24,8 @@ import numpy as np
 import orjson
 
 from ingest.batch import READING_DTYPE, Quarantined, ReadingBatch
+from ingest.quality import EARLY, LATE
 from ingest.topics import Topic
-from processing.quality import EARLY, LATE
 
 __all__ = [
     "MAX_ABS_VALUE", "REASONS", "FrameLimits", "decode_readings", "describe", "encode_json",

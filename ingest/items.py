@@ -1,7 +1,7 @@
 """The data-item registry's outside side: item objects from the retained
 ``.../items`` topic (WIRE §1) or from a file for ``nhjc items load``.
 
-Parsing only; storing them is processing.registry's job.  Whatever the input, the
+Parsing only; storing them is ingest.registry's job.  Whatever the input, the
 parsers return items or raise :class:`ItemsError`, never anything else; every text an
 item keeps is one PostgreSQL stores (no NUL, no lone surrogate), and every number is
 bounded so that the aggregation's products stay far from the float64 limit.

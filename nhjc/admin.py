@@ -11,9 +11,9 @@ import asyncpg
 
 from config.settings import Settings, read_file
 from ingest.items import ItemsError, parse_items_file_bytes
+from ingest.registry import upsert_items
 from nhjc.startup import DATABASE_ERRORS, database_problem
-from processing.migrate import migrate
-from processing.registry import upsert_items
+from runtime.migrate import migrate
 
 __all__ = ["main_items", "main_migrate"]
 

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("nhjc.admin", "create or upgrade the database schema"),
     "items": ("nhjc.admin", "manage the data-item registry (items load FILE)"),
     "simulate": ("nhjc.simulate", "publish realistic readings for pilot enterprises"),
-    "mock-platform": ("uplink.mock_platform", "run a local provincial/national platform"),
+    "mock-platform": ("tools.platform.mock", "run a local provincial/national platform"),
     "demo": ("nhjc.demo", "everything together on this machine, with a live summary"),
     "broker": ("nhjc.broker", "accounts on a secure broker (broker add-gateway CREDIT_CODE, broker add-service)"),
 }

@@ -22,14 +22,14 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from config.settings import Settings, TargetSettings
-from nhjc.guest import GuestError, PrivateBroker, scratch_database
 from nhjc.service import SchemaError, Service
-from nhjc.sim import Counters, FaultSpec, PublishError, Simulator
-from nhjc.sim.frames import CST
 from nhjc.simulate import _faults, _speed, parse_duration, settings_kwargs
 from nhjc.startup import DATABASE_ERRORS, database_problem
-from processing.migrate import migrate
-from uplink.mock_platform import DEFAULT_PASSWORD, DEFAULT_SM4_KEY, MockPlatform
+from runtime.migrate import migrate
+from tools.guest import GuestError, PrivateBroker, scratch_database
+from tools.platform.mock import DEFAULT_PASSWORD, DEFAULT_SM4_KEY, MockPlatform
+from tools.sim import Counters, FaultSpec, PublishError, Simulator
+from tools.sim.frames import CST
 
 __all__ = ["configure_demo", "main_demo"]
 

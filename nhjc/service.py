@@ -24,15 +24,15 @@ from ingest.collector import Collector
 from ingest.frames import FrameLimits
 from ingest.items import ItemSpec
 from ingest.metrics import IngestMetrics
+from ingest.registry import known_codes, upsert_items
+from ingest.store import Store
 from nhjc.http import HttpEndpoint
 from nhjc.startup import describe
 from processing.aggregator import Aggregator
 from processing.completeness import CompletenessUpdater
-from processing.dberrors import RETRYABLE, DatabaseHealth, is_retryable
-from processing.dbpool import open_pool
-from processing.migrate import available
-from processing.registry import known_codes, upsert_items
-from processing.store import Store
+from runtime.dberrors import RETRYABLE, DatabaseHealth, is_retryable
+from runtime.dbpool import open_pool
+from runtime.migrate import available
 from uplink import Uplink
 
 __all__ = ["SchemaError", "Service", "main_run"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings, secret_value
-from nhjc.sim import (
+from tools.sim import (
     FAULT_KINDS,
     Counters,
     FaultSpec,

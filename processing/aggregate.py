@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ingest.quality import SUSPECT
 from processing.itemtable import INSTANT, ItemTable
-from processing.quality import SUSPECT
 from processing.segments import GAP, MEASURED, UNKNOWN, Segments
 
 __all__ = [

@@ -32,7 +32,7 @@ import asyncpg
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from processing import quality as q
+from ingest import quality as q
 from processing.aggregate import (
     Consumption,
     GapRows,
@@ -42,7 +42,6 @@ from processing.aggregate import (
     gap_tiers,
     totals,
 )
-from processing.dberrors import DatabaseHealth, is_retryable
 from processing.itemtable import CUMULATIVE, INSTANT, TOTAL_CODE, ItemTable
 from processing.metrics import ProcessingMetrics
 from processing.periods import DAY, MONTH, QUARTER, QUARTER_US, TIERS, YEAR, Calendar
@@ -50,8 +49,9 @@ from processing.pipeline import first_pass, second_pass
 from processing.segments import EVENT_ROLLOVER, Readings, Segments
 from processing.stuck import Movers
 from processing.windows import inside, link_groups, merge_intervals, quarter_windows, stretches
+from runtime.dberrors import DatabaseHealth, is_retryable
 
-__all__ = ["Aggregator", "queue_item_recompute"]
+__all__ = ["Aggregator"]
 
 log = logging.getLogger(__name__)
 
@@ -266,17 +266,6 @@ WHERE (m.kind, m.value_before, m.value_after)
 RETURNING m.kind
 """
 
-_QUEUE_ITEM = """
-INSERT INTO pending_recompute (enterprise, code, from_ts, to_ts)
-SELECT $1, $2, min(ts), max(ts) FROM readings WHERE enterprise = $1 AND code = $2
-HAVING count(*) > 0
-"""
-
-
-async def queue_item_recompute(conn: asyncpg.Connection, enterprise: str, code: str) -> None:
-    """Queue a recomputation of an item's whole history, e.g. after its multiplier,
-    rollover, range, scope or coefficient changed."""
-    await conn.execute(_QUEUE_ITEM, enterprise, code)
 
 
 @dataclass(slots=True)

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from processing.dberrors import DatabaseHealth, is_retryable
+from runtime.dberrors import DatabaseHealth, is_retryable
 
 __all__ = [
     "BANDS", "QUARTER_S", "TODAY_SQL", "Completeness", "CompletenessMetrics",

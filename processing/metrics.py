@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from processing.quality import FLAG_NAMES
+from ingest.quality import FLAG_NAMES
 
 __all__ = ["ProcessingMetrics"]
 

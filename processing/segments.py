@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from processing import quality as q
+from ingest import quality as q
 from processing.itemtable import CUMULATIVE, INSTANT, INTERVAL, ItemTable
 
 __all__ = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from processing import quality as q
+from ingest import quality as q
 from processing.itemtable import CUMULATIVE, INSTANT, TOTAL, ItemTable
 from processing.periods import QUARTER_US
 from processing.segments import Validated

@@ -113,7 +113,7 @@ async def drop_database(dsn: str, admin_dsn: str = ADMIN_DSN) -> None:
 
 
 async def migrated_database(admin_dsn: str = ADMIN_DSN) -> str:
-    from processing.migrate import migrate
+    from runtime.migrate import migrate
 
     dsn = await create_database(admin_dsn=admin_dsn)
     await migrate(dsn)

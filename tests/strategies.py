@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from hypothesis import strategies as st
 
-from processing import quality as q
+from ingest import quality as q
 from processing.itemtable import ItemTable
 from processing.periods import Calendar
 from processing.pipeline import Result, compute

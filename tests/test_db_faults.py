@@ -400,7 +400,7 @@ def test_a_revision_committed_after_settle_s_still_reaches_the_target(broker, db
 
 
 async def test_pool_waits_are_bounded_and_a_dead_connection_never_fails_finished_work(db) -> None:
-    from processing.dbpool import open_pool
+    from runtime.dbpool import open_pool
 
     pool = await open_pool(db, max_size=1, command_timeout_s=1.0, connect_timeout_s=2.0)
     try:
@@ -472,7 +472,7 @@ def test_classification_of_database_errors() -> None:
     from asyncpg import exceptions as pgx
     from asyncpg.exceptions import _base
 
-    from processing.dberrors import is_retryable
+    from runtime.dberrors import is_retryable
 
     for exc in (pgx.AdminShutdownError("terminating connection due to administrator command"),
                 pgx.CannotConnectNowError("the database system is starting up"),

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from ingest.frames import FrameLimits, decode_readings, normalise_code, pg_text
+from ingest.quality import EARLY, LATE
 from ingest.topics import TopicError, parse_topic
-from processing.quality import EARLY, LATE
 
 ENT = "91350100M000100Y43"
 TOPIC = f"nhjc/v1/{ENT}/gw-1/readings"

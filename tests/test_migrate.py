@@ -1,6 +1,6 @@
 import asyncpg
 
-from processing.migrate import available, migrate
+from runtime.migrate import available, migrate
 from tests.services import create_database, drop_database
 
 

@@ -186,8 +186,8 @@ def test_dashboards_use_only_the_provisioned_datasources_and_are_laid_out() -> N
 
 
 def test_the_energy_dashboard_names_every_flag_and_energy_kind_the_code_knows() -> None:
+    from ingest.quality import FLAG_NAMES
     from processing.coefficients import DEFAULT_COEFFICIENTS
-    from processing.quality import FLAG_NAMES
 
     sql = "\n".join(t["rawSql"] for p in panels(load_dashboard("energy.json")) for t in p["targets"])
     flags = {int(bit): name for bit, name in re.findall(r"\((\d+), '(\w+)'\)", sql)}

@@ -29,9 +29,9 @@ from ingest.collector import Message
 from ingest.frames import FrameLimits
 from ingest.items import ItemSpec
 from ingest.metrics import IngestMetrics
+from ingest.registry import known_codes, upsert_items
+from ingest.store import Store
 from nhjc.service import Service
-from processing.registry import known_codes, upsert_items
-from processing.store import Store
 from tests.harness import (
     Gateway,
     ServiceProcess,

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from processing import quality as q
-from processing.aggregator import Aggregator, queue_item_recompute
+from ingest import quality as q
+from ingest.registry import queue_item_recompute
+from processing.aggregator import Aggregator
 from processing.periods import DAY, MONTH, QUARTER, YEAR
 from processing.pipeline import compute
 from processing.segments import Readings

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from processing import quality as q
+from ingest import quality as q
 from processing.periods import DAY, MONTH, QUARTER, YEAR
 from processing.pipeline import compute
 from processing.segments import EVENT_RESET, EVENT_ROLLOVER, Readings

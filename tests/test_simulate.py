@@ -31,8 +31,8 @@ from ingest.frames import REASONS, decode_readings
 from ingest.items import parse_items_file
 from ingest.topics import TopicError, parse_topic
 from nhjc.cli import main as cli_main
-from nhjc.sim import MALFORMED_REASONS, Simulator
 from tests.services import Mosquitto
+from tools.sim import MALFORMED_REASONS, Simulator
 
 START = "2026-11-27T08:00:00+08:00"
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?\+08:00$")

@@ -15,7 +15,7 @@ import pytest
 
 from ingest.credit_code import is_valid
 from ingest.items import parse_items_file
-from nhjc.sim import (
+from tools.sim import (
     FaultSpec,
     Limits,
     Scenario,
@@ -25,9 +25,9 @@ from nhjc.sim import (
     load,
     pilot_enterprises,
 )
-from nhjc.sim.catalog import REGIONS
-from nhjc.sim.meters import Meters
-from nhjc.sim.plant import KIND_CUMULATIVE, Plant
+from tools.sim.catalog import REGIONS
+from tools.sim.meters import Meters
+from tools.sim.plant import KIND_CUMULATIVE, Plant
 
 CODE = re.compile(r"^(\d{2})-(\d{2})-(\d{4})-(\d{2})(\d{4})-(\d{2})$")
 START = 1_795_795_200  # 2026-11-28T00:00:00+08:00

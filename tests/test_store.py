@@ -4,7 +4,7 @@ import asyncpg
 import numpy as np
 
 from ingest.batch import READING_DTYPE, Quarantined, ReadingBatch
-from processing.store import Store, last_per_key
+from ingest.store import Store, last_per_key
 
 ENT = b"91350100M000100Y43"
 A, B = b"01-00-0000-023300-01", b"01-00-0000-023300-02"
@@ -74,8 +74,8 @@ async def test_a_redelivered_bad_input_is_quarantined_once(db) -> None:
 async def test_migration_keys_the_quarantine_rows_stored_before_it() -> None:
     # Rows written before the fingerprint existed get the digest the store computes, and
     # copies among them are folded into the first.
-    from processing.migrate import migrate
-    from processing.store import fingerprint
+    from ingest.store import fingerprint
+    from runtime.migrate import migrate
     from tests.services import create_database, drop_database
 
     dsn = await create_database()

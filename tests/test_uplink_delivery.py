@@ -36,7 +36,7 @@ from tests.test_uplink_support import (
     target,
     wait_until,
 )
-from uplink.mock_platform import MockPlatform
+from tools.platform.mock import MockPlatform
 from uplink.runner import Uplink
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

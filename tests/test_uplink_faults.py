@@ -29,7 +29,7 @@ from tests.test_uplink_support import (
     target,
     wait_until,
 )
-from uplink.mock_platform import MockPlatform, Mode
+from tools.platform.mock import MockPlatform, Mode
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.services import ROOT
 from tests.test_uplink_support import E1, E2, GAS, PIN, POWER, SM4_KEY, control, get_json
-from uplink.mock_platform import MockPlatform
+from tools.platform.mock import MockPlatform
 from uplink.sm4_pin import encrypt_pin
 
 # The fixtures live in the session's loop (asyncio_default_fixture_loop_scope); so do the tests.
@@ -180,7 +180,7 @@ async def test_fail_after_goes_down_after_n_data_requests(platform: MockPlatform
 
 async def test_command_line_runs_a_platform_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uplink.mock_platform", "--port", "0", "--name", "cli", "--fail-status", "503",
+        [sys.executable, "-m", "tools.platform.mock", "--port", "0", "--name", "cli", "--fail-status", "503",
          "--reject-code", POWER],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from runtime.backoff import backoff_delay
 from tests.test_uplink_support import TZ, local
 from uplink.schedule import (
     DUE_SQL,
-    backoff_delay,
     due_at,
     enqueue_limit,
     initial_through,

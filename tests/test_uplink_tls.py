@@ -36,7 +36,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 def tls_platform(tmp_path: Path) -> Iterator[tuple[str, dict[str, Path]]]:
     certs = make_ca_and_server(tmp_path / "pki")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uplink.mock_platform", "--port", "0", "--name", "provincial",
+        [sys.executable, "-m", "tools.platform.mock", "--port", "0", "--name", "provincial",
          "--tls-cert", str(certs["server"]), "--tls-key", str(certs["server_key"]),
          "--tls-client-ca", str(certs["ca"])],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

@@ -43,7 +43,8 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from config.settings import TargetSettings, secret_value
-from processing.dberrors import DatabaseHealth, is_retryable
+from runtime.backoff import backoff_delay
+from runtime.dberrors import DatabaseHealth, is_retryable
 from uplink.adapters import FLAVOURS, Adapter, Registration, make_adapter
 from uplink.errors import RejectedError, RetryableError
 from uplink.http import client_ssl_context
@@ -52,7 +53,6 @@ from uplink.outbox import DueRow, ItemRow, Outbox, Outcomes
 from uplink.records import TOTAL_CODE, ItemConfig, Record, energy_of, scope_of
 from uplink.schedule import (
     STAT_TYPES,
-    backoff_delay,
     enqueue_limit,
     initial_through,
     next_start,

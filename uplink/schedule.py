@@ -20,7 +20,6 @@ change (and compares two datetimes of one zone ignoring ``fold``).
 
 from __future__ import annotations
 
-import random
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -28,7 +27,6 @@ __all__ = [
     "DUE_SQL",
     "REALTIME",
     "STAT_TYPES",
-    "backoff_delay",
     "due_at",
     "enqueue_limit",
     "initial_through",
@@ -112,14 +110,6 @@ def _localize(wall: datetime, tz: ZoneInfo) -> datetime:
     """A local wall-clock time in tz (the first of a repeated hour), as UTC."""
     return wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
 
-
-def backoff_delay(attempt: int, minimum_s: float, maximum_s: float,
-                  rng: random.Random | None = None) -> float:
-    """Seconds before attempt ``attempt + 1``: exponential from ``minimum_s``, capped at
-    ``maximum_s``, with "equal jitter" (half fixed, half random) so that many records,
-    or many instances, failing together do not come back together."""
-    ceiling = min(maximum_s, minimum_s * 2 ** max(0, min(attempt - 1, 62)))
-    return ceiling / 2 + (rng or random).random() * ceiling / 2
 
 
 # The due-time rule in SQL, for rows enqueued server-side.  Placeholders: {tz} the

@@ -1,4 +1,4 @@
-"""``Simulator``: paces a :class:`~nhjc.sim.scenario.Scenario` on a real or accelerated
+"""``Simulator``: paces a :class:`~tools.sim.scenario.Scenario` on a real or accelerated
 clock and publishes it, counting what it sent.
 
 The work runs in one thread (numpy generation, JSON, paho publishing with back-pressure);
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nhjc.sim.counters import Counters
-from nhjc.sim.enterprises import Enterprise, items_records, pilot_enterprises
-from nhjc.sim.faults import FaultSpec
-from nhjc.sim.frames import CST, DEFAULT_LIMITS, Limits
-from nhjc.sim.publisher import MqttPublisher, NullPublisher, Publisher
-from nhjc.sim.scenario import FaultEvent, Message, Scenario
+from tools.sim.counters import Counters
+from tools.sim.enterprises import Enterprise, items_records, pilot_enterprises
+from tools.sim.faults import FaultSpec
+from tools.sim.frames import CST, DEFAULT_LIMITS, Limits
+from tools.sim.publisher import MqttPublisher, NullPublisher, Publisher
+from tools.sim.scenario import FaultEvent, Message, Scenario
 
 __all__ = ["Simulator", "parse_time"]
 

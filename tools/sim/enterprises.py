@@ -1,6 +1,6 @@
 """Simulated pilot enterprises: credit codes, gateways and their data items.
 
-An enterprise is drawn from an industry of :mod:`nhjc.sim.catalog`: an annual consumption
+An enterprise is drawn from an industry of :mod:`tools.sim.catalog`: an annual consumption
 (10^4 to 10^6 tce, like the key energy-consuming units of a provincial pilot), the whole-plant
 meters of each energy it buys (scope 1), and sub-meters of its processes (scope 2), process
 units (scope 3) and key equipment (scope 4), plus instant items (kW, m3/h, t/h) on the main
@@ -21,8 +21,8 @@ import numpy as np
 import orjson
 
 from ingest.credit_code import ALPHABET, check_character
-from nhjc.sim import load
-from nhjc.sim.catalog import (
+from tools.sim import load
+from tools.sim.catalog import (
     CLASS_CONSUMED,
     CLASS_INSTANT,
     CLASS_PLANT,

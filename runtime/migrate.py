@@ -1,4 +1,4 @@
-"""Versioned schema migrations: ``processing/migrations/NNNN_name.sql``, applied in order.
+"""Versioned schema migrations: ``runtime/migrations/NNNN_name.sql``, applied in order.
 
 Each file runs once, in its own transaction, recorded in ``schema_migrations``.  An
 advisory lock makes concurrent ``nhjc migrate`` runs (several instances starting at
@@ -21,7 +21,7 @@ _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 def available() -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every migration shipped, in order."""
     found = []
-    for entry in resources.files("processing.migrations").iterdir():
+    for entry in resources.files("runtime.migrations").iterdir():
         m = _NAME.match(entry.name)
         if m:
             found.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from nhjc.sim.frames import rfc3339
+from tools.sim.frames import rfc3339
 
 __all__ = [
     "DEFAULT_RATES",

@@ -8,9 +8,21 @@ from collections.abc import Iterable
 import asyncpg
 
 from ingest.items import ItemSpec
-from processing.aggregator import queue_item_recompute
 
-__all__ = ["known_codes", "upsert_items"]
+__all__ = ["known_codes", "queue_item_recompute", "upsert_items"]
+
+_QUEUE_ITEM = """
+INSERT INTO pending_recompute (enterprise, code, from_ts, to_ts)
+SELECT $1, $2, min(ts), max(ts) FROM readings WHERE enterprise = $1 AND code = $2
+HAVING count(*) > 0
+"""
+
+
+async def queue_item_recompute(conn: asyncpg.Connection, enterprise: str, code: str) -> None:
+    """Queue a recomputation of an item's whole history, e.g. after its multiplier,
+    rollover, range, scope or coefficient changed."""
+    await conn.execute(_QUEUE_ITEM, enterprise, code)
+
 
 _FIELDS = ("name", "energy", "unit", "kind", "multiplier", "rollover", "min", "max",
            "scope", "input_type", "coefficient")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nhjc.sim.plant import KIND_CUMULATIVE, KIND_INSTANT, KIND_INTERVAL, Plant
+from tools.sim.plant import KIND_CUMULATIVE, KIND_INSTANT, KIND_INTERVAL, Plant
 
 __all__ = ["Meters", "Readout"]
 

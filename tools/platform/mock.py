@@ -14,7 +14,7 @@ A real HTTP(S) server (aiohttp) speaking both flavours at once:
 ``POST /_reset``           forget everything received
 =========================  =====================================================
 
-It checks every record (:mod:`uplink.mock_checks`), answers a request with any bad
+It checks every record (:mod:`tools.platform.checks`), answers a request with any bad
 record with HTTP 400 naming it (and stores nothing of that request), deduplicates by
 (enterpriseCode, dataCode, statType, statDate) and counts resends.  It can be told to
 be down (connections dropped), slow, failing with an HTTP status or a non-"0"
@@ -40,7 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
-from uplink.mock_checks import check_config_item, check_enterprise, check_record, record_key
+from tools.platform.checks import check_config_item, check_enterprise, check_record, record_key
 from uplink.sm4_pin import decrypt_pin
 
 __all__ = ["MockPlatform", "Mode", "configure_mock_platform", "main_mock_platform"]
@@ -427,7 +427,7 @@ def main_mock_platform(args: argparse.Namespace, settings: object) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m uplink.mock_platform, without the rest of nhjc
+if __name__ == "__main__":  # python -m tools.platform.mock, without the rest of nhjc
     from config.settings import load_settings
 
     _parser = argparse.ArgumentParser(prog="nhjc mock-platform")

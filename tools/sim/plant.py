@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nhjc.sim import load
-from nhjc.sim.enterprises import Enterprise, Item
+from tools.sim import load
+from tools.sim.enterprises import Enterprise, Item
 
 __all__ = ["KIND_CUMULATIVE", "KIND_INSTANT", "KIND_INTERVAL", "Plant"]
 

@@ -6,8 +6,8 @@ show), ``faults`` and ``frames`` (what goes on the wire), ``scenario`` (the dete
 message stream), ``publisher`` (paho) and ``runner`` (the clock and the counters).
 """
 
-from nhjc.sim.counters import Counters
-from nhjc.sim.enterprises import (
+from tools.sim.counters import Counters
+from tools.sim.enterprises import (
     Enterprise,
     Gateway,
     Item,
@@ -18,7 +18,7 @@ from nhjc.sim.enterprises import (
     items_records,
     pilot_enterprises,
 )
-from nhjc.sim.faults import (
+from tools.sim.faults import (
     DEFAULT_RATES,
     FAULT_KINDS,
     FRAME_REASONS,
@@ -26,10 +26,10 @@ from nhjc.sim.faults import (
     READING_REASONS,
     FaultSpec,
 )
-from nhjc.sim.frames import Limits
-from nhjc.sim.publisher import PublishError
-from nhjc.sim.runner import Simulator, parse_time
-from nhjc.sim.scenario import FaultEvent, Message, Scenario
+from tools.sim.frames import Limits
+from tools.sim.publisher import PublishError
+from tools.sim.runner import Simulator, parse_time
+from tools.sim.scenario import FaultEvent, Message, Scenario
 
 __all__ = [
     "DEFAULT_RATES", "FAULT_KINDS", "FRAME_REASONS", "MALFORMED_REASONS", "READING_REASONS",

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import orjson
 
-from nhjc.sim.enterprises import Enterprise, Gateway, invalid_credit_code, items_payload
-from nhjc.sim.faults import (
+from tools.sim.enterprises import Enterprise, Gateway, invalid_credit_code, items_payload
+from tools.sim.faults import (
     MALFORMED_REASONS,
     NO_FAULTS,
     READING_REASONS,
@@ -30,9 +30,9 @@ from nhjc.sim.faults import (
     broken_frame,
     finish,
 )
-from nhjc.sim.frames import DEFAULT_LIMITS, Limits, pack, readings, rfc3339
-from nhjc.sim.meters import Meters
-from nhjc.sim.plant import KIND_CUMULATIVE, Plant
+from tools.sim.frames import DEFAULT_LIMITS, Limits, pack, readings, rfc3339
+from tools.sim.meters import Meters
+from tools.sim.plant import KIND_CUMULATIVE, Plant
 
 __all__ = ["FaultEvent", "Message", "Scenario"]
 

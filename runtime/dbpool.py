@@ -7,7 +7,7 @@ without resetting) would then hold a stage forever.  Here connecting is bounded 
 connection (and so returning it: asyncpg bounds the reset on release by the same
 figure) by ``command_timeout_s`` as well: a wait for a pooled connection longer than
 a command may take means the holder is stuck.  A deadline that passes raises
-``TimeoutError``, which :mod:`processing.dberrors` classes as retryable.
+``TimeoutError``, which :mod:`runtime.dberrors` classes as retryable.
 
 Returning a connection never fails the work done on it: when the connection died after
 the work finished (``pg_terminate_backend`` just after a COMMIT, say), asyncpg raises
@@ -24,7 +24,7 @@ import logging
 
 import asyncpg
 
-from processing.dberrors import RETRYABLE, describe
+from runtime.dberrors import RETRYABLE, describe
 
 __all__ = ["BoundedPool", "open_pool"]
 

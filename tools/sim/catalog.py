@@ -1,6 +1,6 @@
 """Static tables behind the simulated pilot enterprises: regions, energy kinds, industries.
 
-Everything here is data, kept apart from the generation logic in :mod:`nhjc.sim.enterprises`
+Everything here is data, kept apart from the generation logic in :mod:`tools.sim.enterprises`
 so it reads like the reference tables it stands for.  Region codes are real prefecture-level
 administrative codes of Anhui (the province whose 30-odd pilot enterprises DOMAIN.md cites);
 energy codes and coefficients follow DOMAIN.md.  Collection classes and equipment-type codes
@@ -54,7 +54,7 @@ class Energy:
     decimals: int          # digits the register shows after the point
     multiplier: float      # register unit -> item unit (CT/PT ratios are chosen per meter)
     flow_unit: str | None  # unit of the matching instant item (None: no instant item)
-    season: str            # seasonal pattern key (nhjc.sim.load)
+    season: str            # seasonal pattern key (tools.sim.load)
 
     @property
     def kgce(self) -> float:
