@@ -20,11 +20,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from config.settings import ProcessingSettings
 from processing.itemtable import ItemTable
 from processing.periods import Calendar
 from processing.pipeline import compute
@@ -102,6 +104,7 @@ SELECT enterprise, code, min(ts), max(ts) FROM n GROUP BY enterprise, code
 
 async def bench_database(dsn: str, enterprises: int) -> None:
     import asyncpg
+    from prometheus_client import CollectorRegistry
 
     from processing.aggregator import Aggregator
 
@@ -113,7 +116,8 @@ async def bench_database(dsn: str, enterprises: int) -> None:
         async with pool.acquire() as conn:
             await conn.execute(_DB_ITEMS, _BENCH_PREFIX, enterprises)
         n_items = enterprises * 50
-        agg = Aggregator(pool, timezone="Asia/Shanghai", max_gap_s=1800, stuck_after_s=6 * 3600)
+        settings = ProcessingSettings(timezone="Asia/Shanghai", max_gap_s=1800, stuck_after_s=6 * 3600)
+        agg = Aggregator(settings, pool=pool, registry=CollectorRegistry())
 
         async def timed(lo: int, hi: int) -> float:
             async with pool.acquire() as conn:
@@ -156,7 +160,7 @@ def main() -> None:
     ap.add_argument("--db-enterprises", type=int, default=20, help="of 50 items each")
     args = ap.parse_args()
 
-    cal = Calendar("Asia/Shanghai")
+    cal = Calendar(ZoneInfo("Asia/Shanghai"))
     items = make_items(args.items, args.per_enterprise)
     item, ts, value = make_readings(items, args.per_item, args.step_s)
     n = len(ts)

@@ -33,6 +33,7 @@ from processing.completeness import CompletenessUpdater
 from runtime.dberrors import RETRYABLE, DatabaseHealth, is_retryable
 from runtime.dbpool import open_pool
 from runtime.migrate import available
+from runtime.runner import RunnerEvents, Stage, StageRunner
 from uplink import Uplink
 
 __all__ = ["SchemaError", "Service", "main_run"]
@@ -90,6 +91,7 @@ class Service:
         self._finished = asyncio.Event()  # every stage has returned
         # What every stage and the probe last found; one log line per change of state.
         self.health = DatabaseHealth(self.registry, on_change=lambda up: self.metrics.database_up.set(1 if up else 0))
+        self.events = RunnerEvents(self.registry)  # the stage runners' events, one set per registry
 
     # --- readiness -----------------------------------------------------------------
     def ready(self) -> dict[str, bool]:
@@ -410,12 +412,16 @@ class Service:
         assert self.pool is not None
         s = self.settings
         p = s.processing
-        aggregator = Aggregator(self.pool, timezone=p.timezone, max_gap_s=p.max_gap_s,
-                                stuck_after_s=p.stuck_after_s, registry=self.registry, health=self.health)
-        completeness = CompletenessUpdater(self.pool, self.registry, timezone=p.timezone, health=self.health)
+
+        def runner(stage: Stage, interval_s: float) -> StageRunner:
+            return StageRunner(stage, interval_s=interval_s, pause_min_s=p.pause_min_s,
+                               pause_max_s=p.pause_max_s, health=self.health, events=self.events)
+
+        aggregator = Aggregator(p, pool=self.pool, registry=self.registry)
+        completeness = CompletenessUpdater(p, pool=self.pool, registry=self.registry)
         stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
-            ("aggregator", aggregator.run(stop, p.interval_ms / 1000)),
-            ("completeness", completeness.run(stop, COMPLETENESS_INTERVAL_S)),
+            ("aggregator", runner(aggregator, p.interval_ms / 1000).run(stop)),
+            ("completeness", runner(completeness, p.completeness_interval_s).run(stop)),
         ]
         targets = {name: t for name, t in s.uplink.targets.items() if t.enabled}
         if targets:

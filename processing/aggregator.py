@@ -1,4 +1,5 @@
-"""The aggregator: turns ``pending_recompute`` rows into ``consumption`` rows.
+"""The aggregator: turns ``pending_recompute`` rows into ``consumption`` rows.  A stage
+for :class:`runtime.runner.StageRunner`: each step is one run.
 
 One run, in one transaction:
 
@@ -16,14 +17,12 @@ One run, in one transaction:
    reading flags and meter events, delete the claimed pending rows.
 
 Readings, items and consumption of other instances are only read under the enterprise
-lock, so a run sees a consistent picture of the enterprises it works on.
+lock, so a run sees a consistent picture of the enterprises it works on.  The statements
+are in :mod:`processing.queries`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
@@ -32,8 +31,13 @@ import asyncpg
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from config.settings import ProcessingSettings
 from ingest import quality as q
-from processing.aggregate import (
+from processing import queries as sql
+from processing.itemtable import CUMULATIVE, INSTANT, ItemTable
+from processing.metrics import ProcessingMetrics
+from processing.periods import DAY, MONTH, QUARTER, QUARTER_US, TIERS, YEAR, Calendar
+from processing.periodvalues import (
     Consumption,
     GapRows,
     PeriodRows,
@@ -42,230 +46,12 @@ from processing.aggregate import (
     gap_tiers,
     totals,
 )
-from processing.itemtable import CUMULATIVE, INSTANT, TOTAL_CODE, ItemTable
-from processing.metrics import ProcessingMetrics
-from processing.periods import DAY, MONTH, QUARTER, QUARTER_US, TIERS, YEAR, Calendar
 from processing.pipeline import first_pass, second_pass
 from processing.segments import EVENT_ROLLOVER, Readings, Segments
 from processing.stuck import Movers
 from processing.windows import inside, link_groups, merge_intervals, quarter_windows, stretches
-from runtime.dberrors import DatabaseHealth, is_retryable
 
 __all__ = ["Aggregator"]
-
-log = logging.getLogger(__name__)
-
-
-def _ts(param: str) -> str:
-    """SQL for an int8 of microseconds since the epoch as timestamptz (exact)."""
-    return f"(timestamptz 'epoch' + {param} * interval '1 microsecond')"
-
-
-def _us(column: str) -> str:
-    """SQL for a timestamptz as int8 microseconds since the epoch (exact)."""
-    return f"(extract(epoch FROM {column}) * 1000000)::int8"
-
-
-# Claim pending rows of enterprises no other instance is working on: the advisory
-# try-lock (held to the end of the transaction) is taken in the scan, so rows of an
-# enterprise another instance holds are passed over, not waited for.  Two instances
-# never compute the same coarse periods or totals from each other's half-written
-# children.
-_CLAIM = f"""
-SELECT id, enterprise, code, {_us('from_ts')} AS lo, {_us('to_ts')} AS hi
-FROM pending_recompute
-WHERE pg_try_advisory_xact_lock(hashtextextended('nhjc.aggregate:' || enterprise, 0))
-ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-"""
-
-# Once behind, an item has many pending rows far apart in the queue (one per batch).
-# Taking the claimed items' other pending rows too lets one run merge them: the backlog
-# is then worked off in bigger steps instead of one batch at a time.
-_CLAIM_MORE = f"""
-SELECT p.id, p.enterprise, p.code, {_us('p.from_ts')} AS lo, {_us('p.to_ts')} AS hi
-FROM unnest($1::text[], $2::text[]) AS u(e, c)
-CROSS JOIN LATERAL (
-  SELECT * FROM pending_recompute p
-  WHERE p.enterprise = u.e AND p.code = u.c AND NOT p.id = ANY($3::int8[])
-  ORDER BY p.id LIMIT $4 FOR UPDATE SKIP LOCKED
-) AS p
-"""
-
-# Every query of a run is driven by a short list of keys (items, periods, timestamps)
-# into large tables.  Nested loops over the primary-key indexes are always right for
-# that; a hash or merge join would read whole chunks when the planner misjudges a list.
-_PLANNER = """
-SET LOCAL enable_hashjoin = off;
-SET LOCAL enable_mergejoin = off;
-SET LOCAL max_parallel_workers_per_gather = 0;
-"""
-
-_ITEMS = """
-SELECT enterprise, code, energy, kind, multiplier, rollover, min, max, scope, coefficient
-FROM items WHERE enterprise = ANY($1::text[])
-"""
-
-_UNNEST_RANGES = "unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::int8[]) AS u(k, e, c, lo, hi)"
-
-# Only finite values make segments; NaN sorts above +Infinity in PostgreSQL.
-_FINITE = "r.value < 'Infinity'::float8 AND r.value > '-Infinity'::float8"
-
-# The finite readings just before and just after each pending range.
-_NEIGHBOURS = f"""
-SELECT u.k,
-  (SELECT {_us('max(r.ts)')} FROM readings r
-    WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')} AND {_FINITE}) AS before,
-  (SELECT {_us('min(r.ts)')} FROM readings r
-    WHERE r.enterprise = u.e AND r.code = u.c AND r.ts > {_ts('u.hi')} AND {_FINITE}) AS after
-FROM {_UNNEST_RANGES}
-"""
-
-# Every reading of each window, widened to the finite reading before and the one after
-# it (non-finite readings in between included: the segment across them rests on them).
-# Returned as arrays: asyncpg decodes arrays in C, much faster than a Record per row.
-# OFFSET 0 keeps each LATERAL subquery a per-window index scan: flattened into a join,
-# the planner may scan whole chunks instead.
-_LOAD = f"""
-SELECT array_agg(u.k), array_agg({_us('x.ts')}), array_agg(x.value), array_agg(x.quality)
-FROM {_UNNEST_RANGES}
-CROSS JOIN LATERAL (SELECT
-  coalesce((SELECT max(r.ts) FROM readings r WHERE r.enterprise = u.e AND r.code = u.c
-             AND r.ts < {_ts('u.lo')} AND {_FINITE}), {_ts('u.lo')}) AS f,
-  coalesce((SELECT min(r.ts) FROM readings r WHERE r.enterprise = u.e AND r.code = u.c
-             AND r.ts > {_ts('u.hi')} AND {_FINITE}), {_ts('u.hi')}) AS l
-  OFFSET 0
-) AS b
-CROSS JOIN LATERAL (
-  SELECT r.ts, r.value, r.quality FROM readings r
-  WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= b.f AND r.ts <= b.l OFFSET 0
-) AS x
-"""
-
-# Since when (clamped to t - stuck_after) a register has shown the value v it shows at
-# t: the earliest reading after the last different one, looking back no further than
-# the reading just before t - stuck_after.  No row for k means: since t.
-_RUN_SINCE = f"""
-WITH w AS (
-  SELECT u.k, u.lo, x.ts, x.value <> u.v AS differs
-  FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::float8[], $6::int8[])
-    AS u(k, e, c, t, v, lo)
-  CROSS JOIN LATERAL (
-    (SELECT r.ts, r.value FROM readings r
-      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')} ORDER BY r.ts DESC LIMIT 1)
-    UNION ALL
-    (SELECT r.ts, r.value FROM readings r
-      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= {_ts('u.lo')} AND r.ts < {_ts('u.t')})
-  ) AS x
-), marked AS (
-  SELECT k, lo, ts,
-    ts > coalesce(max(ts) FILTER (WHERE differs) OVER (PARTITION BY k), '-infinity') AS same
-  FROM w
-)
-SELECT k, greatest(lo, {_us('min(ts)')}) AS since FROM marked WHERE same GROUP BY k, lo
-"""
-
-# 15-minute periods in which the enterprise's items recorded consumption.
-_MOVERS = f"""
-SELECT c.enterprise, c.code, {_us('c.period_start')} AS start
-FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(e, lo, hi)
-JOIN consumption c ON c.enterprise = u.e AND c.stat_type = 0 AND c.code <> '{TOTAL_CODE}'
-  AND c.period_start > {_ts('u.lo')} AND c.period_start < {_ts('u.hi')} AND c.value > 0
-"""
-
-_CHANGED = """(c.valid IS DISTINCT FROM EXCLUDED.valid
-  OR abs(c.value - EXCLUDED.value) > 1e-12 * greatest(1.0, abs(c.value))
-  OR abs(c.kgce - EXCLUDED.kgce) > 1e-12 * greatest(1.0, abs(c.kgce))
-  OR abs(c.coverage - EXCLUDED.coverage) > 1e-12)"""
-
-_UPSERT = f"""
-INSERT INTO consumption AS c (enterprise, code, stat_type, period_start, value, kgce, valid,
-                              coverage, flags)
-SELECT u.e, u.c, u.st, {_ts('u.ps')}, u.v, u.kg, u.ok, u.cov, u.fl
-FROM unnest($1::text[], $2::text[], $3::int2[], $4::int8[], $5::float8[], $6::float8[],
-            $7::bool[], $8::float8[], $9::int2[]) AS u(e, c, st, ps, v, kg, ok, cov, fl)
-ON CONFLICT (enterprise, code, stat_type, period_start) DO UPDATE SET
-  value = EXCLUDED.value, kgce = EXCLUDED.kgce, valid = EXCLUDED.valid,
-  coverage = EXCLUDED.coverage, flags = EXCLUDED.flags,
-  computed_at = CASE WHEN {_CHANGED} THEN now() ELSE c.computed_at END,
-  revision = CASE WHEN {_CHANGED} THEN nextval('consumption_revision') ELSE c.revision END
-WHERE {_CHANGED} OR c.flags IS DISTINCT FROM EXCLUDED.flags
-RETURNING c.stat_type, c.computed_at = now() AS changed
-"""
-
-# Child sums of coarse periods: amount (instant items: value x known seconds), known
-# microseconds (coverage x the child's length) and flags.
-_CHILDREN = f"""
-SELECT u.k,
-  coalesce(sum(CASE WHEN u.inst THEN c.value * round(c.coverage * d.us) / 1e6 ELSE c.value END), 0),
-  coalesce(sum(round(c.coverage * d.us)), 0)::int8,
-  coalesce(bit_or(c.flags), 0)::int4
-FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[])
-  AS u(k, e, c, lo, hi, inst)
-JOIN consumption c ON c.enterprise = u.e AND c.code = u.c AND c.stat_type = $7
-  AND c.period_start >= {_ts('u.lo')} AND c.period_start < {_ts('u.hi')}
-CROSS JOIN LATERAL (SELECT CASE $7::int
-  WHEN 0 THEN {QUARTER_US}::float8
-  WHEN 1 THEN extract(epoch FROM ((c.period_start AT TIME ZONE $8) + interval '1 day')
-                                  AT TIME ZONE $8 - c.period_start) * 1e6
-  ELSE extract(epoch FROM ((c.period_start AT TIME ZONE $8) + interval '1 month')
-                          AT TIME ZONE $8 - c.period_start) * 1e6
-  END AS us) AS d
-GROUP BY u.k
-"""
-
-_GAPS = f"""
-SELECT u.k, {_us('g.t0')}, {_us('g.t1')}, g.amount, g.flags
-FROM {_UNNEST_RANGES}
-JOIN gap_segments g ON g.enterprise = u.e AND g.code = u.c AND g.tier = $6
-  AND g.t0 >= {_ts('u.lo')} AND g.t0 < {_ts('u.hi')}
-"""
-
-_DELETE_GAPS = f"""
-DELETE FROM gap_segments g
-USING unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS u(e, c, f, l)
-WHERE g.enterprise = u.e AND g.code = u.c AND g.t0 < {_ts('u.l')} AND g.t1 > {_ts('u.f')}
-"""
-
-_INSERT_GAPS = f"""
-INSERT INTO gap_segments (enterprise, code, t0, t1, tier, amount, flags)
-SELECT u.e, u.c, {_ts('u.t0')}, {_ts('u.t1')}, u.tier, u.amount, u.flags
-FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int2[], $6::float8[], $7::int2[])
-  AS u(e, c, t0, t1, tier, amount, flags)
-ON CONFLICT (enterprise, code, t0) DO UPDATE SET t1 = EXCLUDED.t1, tier = EXCLUDED.tier,
-  amount = EXCLUDED.amount, flags = EXCLUDED.flags
-"""
-
-_TOTAL_INPUTS = f"""
-SELECT c.enterprise, c.code, c.stat_type, {_us('c.period_start')}, c.kgce, c.coverage, c.valid,
-       c.flags
-FROM unnest($1::text[], $2::int2[], $3::int8[]) AS u(e, st, ps)
-JOIN consumption c ON c.enterprise = u.e AND c.stat_type = u.st
-  AND c.period_start = {_ts('u.ps')} AND c.code = ANY($4::text[])
-"""
-
-_UPDATE_QUALITY = f"""
-UPDATE readings r SET quality = u.q
-FROM unnest($1::text[], $2::text[], $3::int8[], $4::int2[]) AS u(e, c, t, q)
-WHERE r.enterprise = u.e AND r.code = u.c AND r.ts = {_ts('u.t')}
-"""
-
-_DELETE_EVENTS = f"""
-DELETE FROM meter_events m USING unnest($1::text[], $2::text[], $3::int8[]) AS u(e, c, t)
-WHERE m.enterprise = u.e AND m.code = u.c AND m.ts = {_ts('u.t')}
-"""
-
-_UPSERT_EVENTS = f"""
-INSERT INTO meter_events AS m (enterprise, code, ts, kind, value_before, value_after)
-SELECT u.e, u.c, {_ts('u.t')}, u.kind, u.vb, u.va
-FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::float8[], $6::float8[])
-  AS u(e, c, t, kind, vb, va)
-ON CONFLICT (enterprise, code, ts) DO UPDATE SET kind = EXCLUDED.kind,
-  value_before = EXCLUDED.value_before, value_after = EXCLUDED.value_after, detected_at = now()
-WHERE (m.kind, m.value_before, m.value_after)
-  IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.value_before, EXCLUDED.value_after)
-RETURNING m.kind
-"""
-
 
 
 @dataclass(slots=True)
@@ -281,62 +67,42 @@ class _Run:
 
 
 _BRIDGE_US = 3_600_000_000  # pending ranges of an item less than an hour apart are merged
+_MORE_PER_ITEM = 50  # extra pending rows of a claimed item taken in the same run
 
 
 def _objects(values: list[str], index: np.ndarray) -> list[str]:
-    return np.asarray(values, dtype=object)[index].tolist()
+    picked: list[str] = np.asarray(values, dtype=object)[index].tolist()
+    return picked
 
 
 class Aggregator:
     """Recomputes the periods that pending readings touch.  Several instances may run
-    against one database."""
+    against one database.
 
-    def __init__(self, pool: asyncpg.Pool, *, timezone: str, max_gap_s: float,
-                 stuck_after_s: float, registry: CollectorRegistry | None = None,
-                 chunk: int = 1000, error_pause_s: float = 5.0,
-                 health: DatabaseHealth | None = None) -> None:
-        if max_gap_s <= 0 or stuck_after_s <= 0 or chunk < 1:
-            raise ValueError("max_gap_s and stuck_after_s must be positive, chunk at least 1")
+    A step that fails leaves nothing half done: the claimed rows go back with the rolled
+    back transaction, and the next step claims them again."""
+
+    name = "aggregator"
+
+    def __init__(self, settings: ProcessingSettings, *, pool: asyncpg.Pool,
+                 registry: CollectorRegistry) -> None:
         self._pool = pool
-        self._timezone = timezone
-        self._calendar = Calendar(timezone)
-        self._max_gap_us = int(max_gap_s * 1e6)
-        self._stuck_after_us = int(stuck_after_s * 1e6)
-        self._chunk = chunk
-        self._more_per_item = 50  # extra pending rows of a claimed item taken in the same run
-        self._error_pause_s = error_pause_s
-        self._health = health if health is not None else DatabaseHealth()
-        self.metrics = ProcessingMetrics(registry if registry is not None else CollectorRegistry())
+        self._zone = settings.zone
+        self._calendar = Calendar(self._zone)
+        self._max_gap_us = int(settings.max_gap_s * 1e6)
+        self._stuck_after_us = int(settings.stuck_after_s * 1e6)
+        self._chunk = settings.chunk
+        self.metrics = ProcessingMetrics(registry)
 
-    async def run(self, stop: asyncio.Event, interval_s: float) -> None:
-        """Process while there is work; sleep ``interval_s`` when idle; until ``stop``.
-        A failed run is counted and retried: the database being away with a growing pause
-        (reported to ``health``, which logs the outage once), anything else after
-        ``error_pause_s`` with its traceback.  The claimed rows go back with the rolled
-        back transaction, so nothing is lost either way."""
-        pause = min(0.5, self._error_pause_s)
-        while not stop.is_set():
-            try:
-                done = await self.run_once()
-            except Exception as exc:
-                self.metrics.run_failed()
-                if is_retryable(exc):
-                    self._health.failed("aggregator", exc)
-                    await self._sleep(stop, pause)
-                    pause = min(pause * 2, self._error_pause_s)
-                else:  # a bug: keep the loop alive, but say it loudly
-                    log.exception("aggregator run failed, retrying in %.1fs", self._error_pause_s)
-                    await self._sleep(stop, self._error_pause_s)
-                continue
-            self._health.succeeded("aggregator")
-            pause = min(0.5, self._error_pause_s)
-            if done == 0:
-                await self._sleep(stop, interval_s)
-
-    @staticmethod
-    async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+    async def step(self) -> bool:
+        """One run; True while pending work remains to be claimed now."""
+        try:
+            return await self.run_once() > 0
+        except Exception as exc:
+            # The runner logs it and pauses; the aggregator's own count stays, as the
+            # dashboards and alerts read it.
+            self.metrics.run_failed(exc)
+            raise
 
     async def run_once(self) -> int:
         """One chunk of pending rows, in one transaction; the number processed."""
@@ -345,7 +111,7 @@ class Aggregator:
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 await self._run(conn, run)
-            self.metrics.backlog_seen(await conn.fetchval("SELECT count(*) FROM pending_recompute"))
+            self.metrics.backlog_seen(await conn.fetchval(sql.BACKLOG))
         if run.pending == 0:
             return 0
         self.metrics.run_finished(
@@ -356,15 +122,15 @@ class Aggregator:
     # -- one run -----------------------------------------------------------------------
 
     async def _run(self, conn: asyncpg.Connection, run: _Run) -> None:
-        claims = await conn.fetch(_CLAIM, self._chunk)
+        claims = await conn.fetch(sql.CLAIM, self._chunk)
         if not claims:
             return
-        await conn.execute(_PLANNER)
+        await conn.execute(sql.PLANNER)
         pairs = sorted({(c["enterprise"], c["code"]) for c in claims})
-        claims += await conn.fetch(_CLAIM_MORE, [p[0] for p in pairs], [p[1] for p in pairs],
-                                   [c["id"] for c in claims], self._more_per_item)
+        claims += await conn.fetch(sql.CLAIM_MORE, [p[0] for p in pairs], [p[1] for p in pairs],
+                                   [c["id"] for c in claims], _MORE_PER_ITEM)
         enterprises = sorted({c["enterprise"] for c in claims})
-        items = ItemTable.from_records(dict(r) for r in await conn.fetch(_ITEMS, enterprises))
+        items = ItemTable.from_records(dict(r) for r in await conn.fetch(sql.ITEMS, enterprises))
         item = items.lookup((c["enterprise"] for c in claims), (c["code"] for c in claims))
         lo = np.fromiter((c["lo"] for c in claims), np.int64, len(claims))
         hi = np.fromiter((c["hi"] for c in claims), np.int64, len(claims))
@@ -374,8 +140,7 @@ class Aggregator:
             # loaded anyway, and one neighbour lookup is cheaper than many.
             merged = merge_intervals(item[known], lo[known], hi[known], bridge=_BRIDGE_US)
             await self._recompute(conn, items, *merged, run)
-        await conn.execute("DELETE FROM pending_recompute WHERE id = ANY($1::int8[])",
-                           [c["id"] for c in claims])
+        await conn.execute(sql.DELETE_CLAIMED, [c["id"] for c in claims])
         run.pending = len(claims)
 
     def _keys(self, items: ItemTable, item: np.ndarray) -> tuple[list[str], list[str]]:
@@ -427,7 +192,7 @@ class Aggregator:
         """The merged 15-minute windows around each range and its finite neighbours."""
         ents, codes = self._keys(items, item)
         k = np.arange(len(item), dtype=np.int32)
-        rows = await conn.fetch(_NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist())
+        rows = await conn.fetch(sql.NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist())
         rk = np.fromiter((r["k"] for r in rows), np.int64, len(rows))
         a, b = lo.copy(), hi.copy()  # no neighbour: the range's own end
         a[rk] = [lo[i] if r["before"] is None else r["before"] for i, r in zip(rk, rows, strict=True)]
@@ -440,7 +205,7 @@ class Aggregator:
                     w_lo: np.ndarray, w_hi: np.ndarray) -> Readings | None:
         ents, codes = self._keys(items, w_item)
         g = np.arange(len(w_item), dtype=np.int32)
-        loaded = await conn.fetchrow(_LOAD, g.tolist(), ents, codes, w_lo.tolist(), w_hi.tolist())
+        loaded = await conn.fetchrow(sql.LOAD, g.tolist(), ents, codes, w_lo.tolist(), w_hi.tolist())
         if loaded[0] is None:
             return None
         lg = np.array(loaded[0], np.int64)
@@ -452,13 +217,13 @@ class Aggregator:
         """Replace the stored gap segments of each loaded stretch by the current ones."""
         s_first, s_last = stretches(r)
         ents, codes = self._keys(items, r.item[s_first])
-        await conn.execute(_DELETE_GAPS, ents, codes, r.ts[s_first].tolist(),
+        await conn.execute(sql.DELETE_GAPS, ents, codes, r.ts[s_first].tolist(),
                            r.ts[s_last].tolist())
         whole_in = gap_tiers(seg, bounds)
         keep = (whole_in >= DAY) & (whole_in <= YEAR)
         if keep.any():
             ents, codes = self._keys(items, seg.item[keep])
-            await conn.execute(_INSERT_GAPS, ents, codes, seg.t0[keep].tolist(),
+            await conn.execute(sql.INSERT_GAPS, ents, codes, seg.t0[keep].tolist(),
                                seg.t1[keep].tolist(), whole_in[keep].tolist(),
                                seg.amount[keep].tolist(), flags[keep].tolist())
 
@@ -479,7 +244,7 @@ class Aggregator:
         if len(idx):
             ents, codes = self._keys(items, r.item[idx])
             t = r.ts[idx]
-            rows = await conn.fetch(_RUN_SINCE, np.arange(len(idx)).tolist(), ents, codes,
+            rows = await conn.fetch(sql.RUN_SINCE, np.arange(len(idx)).tolist(), ents, codes,
                                     t.tolist(), r.value[idx].tolist(),
                                     (t - self._stuck_after_us).tolist())
             k = np.fromiter((row["k"] for row in rows), np.int64, len(rows))
@@ -493,7 +258,7 @@ class Aggregator:
         u_ent = np.unique(ent)
         w_lo = np.array([lo[ent == e].min() for e in u_ent], np.int64) - QUARTER_US
         w_hi = np.array([hi[ent == e].max() for e in u_ent], np.int64)
-        rows = await conn.fetch(_MOVERS, _objects(items.enterprises, u_ent), w_lo.tolist(),
+        rows = await conn.fetch(sql.MOVERS, _objects(items.enterprises, u_ent), w_lo.tolist(),
                                 w_hi.tolist())
         item = items.lookup((r["enterprise"] for r in rows), (r["code"] for r in rows))
         start = np.fromiter((r["start"] for r in rows), np.int64, len(rows))
@@ -516,8 +281,8 @@ class Aggregator:
         ents, codes = self._keys(items, t_item)
         k = np.arange(len(key), dtype=np.int32).tolist()
         inst = (items.kind[t_item] == INSTANT).tolist()
-        sums = await conn.fetch(_CHILDREN, k, ents, codes, t_lo.tolist(), t_hi.tolist(), inst,
-                                tier - 1, self._timezone)
+        sums = await conn.fetch(sql.CHILDREN, k, ents, codes, t_lo.tolist(), t_hi.tolist(), inst,
+                                tier - 1, self._zone.key)
         sk = np.fromiter((r[0] for r in sums), np.int64, len(sums))
         summed = PeriodRows(
             tier - 1, t_item[sk], t_lo[sk], t_hi[sk],
@@ -525,7 +290,7 @@ class Aggregator:
             np.fromiter((r[2] for r in sums), np.int64, len(sums)),
             np.fromiter((r[3] for r in sums), np.int32, len(sums)),
         )
-        gap_rows = await conn.fetch(_GAPS, k, ents, codes, t_lo.tolist(), t_hi.tolist(), tier)
+        gap_rows = await conn.fetch(sql.GAPS, k, ents, codes, t_lo.tolist(), t_hi.tolist(), tier)
         gk = np.fromiter((r[0] for r in gap_rows), np.int64, len(gap_rows))
         gaps = GapRows(
             t_item[gk],
@@ -541,7 +306,7 @@ class Aggregator:
         if len(c):
             ents, codes = self._keys(items, c.item)
             result = await conn.fetch(
-                _UPSERT, ents, codes, c.tier.tolist(), c.start.tolist(), c.value.tolist(),
+                sql.UPSERT, ents, codes, c.tier.tolist(), c.start.tolist(), c.value.tolist(),
                 c.kgce.tolist(), c.valid.tolist(), c.coverage.tolist(), c.flags.tolist())
             for tier, n in zip(*np.unique(c.tier, return_counts=True), strict=True):
                 run.computed[int(tier)] += int(n)
@@ -560,7 +325,7 @@ class Aggregator:
         ent = items.ent[written.item]
         keys = np.unique(np.stack([ent, written.tier.astype(np.int64), written.start]), axis=1)
         counted_codes = sorted({items.code[i] for i in np.flatnonzero(items.in_total())})
-        rows = await conn.fetch(_TOTAL_INPUTS, _objects(items.enterprises, keys[0]),
+        rows = await conn.fetch(sql.TOTAL_INPUTS, _objects(items.enterprises, keys[0]),
                                 keys[1].tolist(), keys[2].tolist(), counted_codes)
         item = items.lookup((r[0] for r in rows), (r[1] for r in rows))
         ok = item >= 0
@@ -587,7 +352,7 @@ class Aggregator:
         if not changed.any():
             return
         ents, codes = self._keys(items, r.item[changed])
-        await conn.execute(_UPDATE_QUALITY, ents, codes, r.ts[changed].tolist(),
+        await conn.execute(sql.UPDATE_QUALITY, ents, codes, r.ts[changed].tolist(),
                            quality[changed].tolist())
         gained = quality[changed] & ~r.quality[changed]
         for bit, name in q.FLAG_NAMES.items():
@@ -603,7 +368,7 @@ class Aggregator:
         none[at] = False
         if none.any():
             ents, codes = self._keys(items, r.item[none])
-            await conn.execute(_DELETE_EVENTS, ents, codes, r.ts[none].tolist())
+            await conn.execute(sql.DELETE_EVENTS, ents, codes, r.ts[none].tolist())
         if len(at) == 0:
             return
         # The value before is the previous finite reading's (a segment's start).
@@ -611,7 +376,7 @@ class Aggregator:
         before = r.value[prev[np.maximum(at - 1, 0)]]
         ents, codes = self._keys(items, r.item[at])
         kinds = np.where(kind == EVENT_ROLLOVER, "rollover", "reset").tolist()
-        result = await conn.fetch(_UPSERT_EVENTS, ents, codes, r.ts[at].tolist(), kinds,
+        result = await conn.fetch(sql.UPSERT_EVENTS, ents, codes, r.ts[at].tolist(), kinds,
                                   before.tolist(), r.value[at].tolist())
         for row in result:
             run.events[row["kind"]] += 1

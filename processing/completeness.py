@@ -1,6 +1,7 @@
-"""Today's data completeness, the platforms' first quality score (DOMAIN.md: received ÷
-expected values, at least 90 %), computed from the database and exported as a few
-bounded Prometheus gauges.
+"""Today's data completeness, the platforms' first quality score (received ÷ expected
+values; the platforms want at least 90 %), computed from the database and exported as a
+few bounded Prometheus gauges.  :class:`CompletenessUpdater` is a stage for
+:class:`runtime.runner.StageRunner`: each step computes it once.
 
 Exactly what is counted, for the local day that contains ``now`` (``processing.timezone``):
 
@@ -33,18 +34,17 @@ Metrics (all bounded: no enterprise or item ever becomes a label):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from runtime.dberrors import DatabaseHealth, is_retryable
+from config.settings import ProcessingSettings
 
 __all__ = [
     "BANDS", "QUARTER_S", "TODAY_SQL", "Completeness", "CompletenessMetrics",
@@ -55,7 +55,6 @@ log = logging.getLogger("nhjc.completeness")
 
 QUARTER_S = 900
 BANDS = ("<50%", "50-90%", ">=90%")
-DEFAULT_SETTLE_S = 900.0
 
 # $1 time zone, $2 now, $3 settle seconds.  One row per enterprise of the registry.
 TODAY_SQL = """
@@ -134,14 +133,14 @@ class Completeness:
         return counts
 
 
-async def completeness_today(db: asyncpg.Pool | asyncpg.Connection, *, timezone: str,
-                             now: datetime | None = None,
-                             settle_s: float = DEFAULT_SETTLE_S) -> Completeness:
-    """Today's completeness (see the module's docstring for exactly what counts)."""
+async def completeness_today(db: asyncpg.Pool | asyncpg.Connection, *, zone: ZoneInfo,
+                             settle_s: float, now: datetime | None = None) -> Completeness:
+    """Today's completeness in ``zone`` (see the module's docstring for exactly what
+    counts)."""
     now = now or datetime.now(UTC)
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
-    rows = await db.fetch(TODAY_SQL, timezone, now, float(settle_s))
+    rows = await db.fetch(TODAY_SQL, zone.key, now, float(settle_s))
     quarters = int(rows[0]["quarters"]) if rows else 0
     return Completeness(now=now, quarters=quarters, enterprises=tuple(
         EnterpriseCompleteness(r["enterprise"], int(r["items"]), int(r["expected"]), int(r["received"]))
@@ -149,82 +148,76 @@ async def completeness_today(db: asyncpg.Pool | asyncpg.Connection, *, timezone:
 
 
 class CompletenessMetrics:
-    """The completeness updater's named events: computed and failed."""
+    """The completeness updater's named events, each logged and counted together:
+    computed and failed."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.ratio = Gauge(
+        self._ratio = Gauge(
             "nhjc_completeness_ratio",
             "Today's received / expected real-time values over all enterprises (NaN until a period settles)",
             registry=registry)
-        self.values = Gauge(
+        self._values = Gauge(
             "nhjc_completeness_values", "Today's expected and received real-time values",
             ["kind"], registry=registry)
-        self.enterprises = Gauge(
+        self._enterprises = Gauge(
             "nhjc_enterprises_by_completeness", "Enterprises by today's completeness band",
             ["band"], registry=registry)
-        self.updated = Gauge(
+        self._updated = Gauge(
             "nhjc_completeness_updated_timestamp_seconds", "Unix time of the last successful update",
             registry=registry)
-        self.errors = Counter(
+        self._errors = Counter(
             "nhjc_completeness_errors_total", "Completeness updates that failed", registry=registry)
         # Every series exists from the start, so a panel or an alert never sees "no data".
-        self.ratio.set(math.nan)
+        self._ratio.set(math.nan)
         for kind in ("expected", "received"):
-            self.values.labels(kind).set(0)
+            self._values.labels(kind).set(0)
         for b in BANDS:
-            self.enterprises.labels(b).set(0)
+            self._enterprises.labels(b).set(0)
 
     def computed(self, c: Completeness) -> None:
         ratio = c.ratio
-        self.ratio.set(math.nan if ratio is None else ratio)
-        self.values.labels("expected").set(c.expected)
-        self.values.labels("received").set(c.received)
+        self._ratio.set(math.nan if ratio is None else ratio)
+        self._values.labels("expected").set(c.expected)
+        self._values.labels("received").set(c.received)
         for b, n in c.bands().items():
-            self.enterprises.labels(b).set(n)
-        self.updated.set(time.time())
+            self._enterprises.labels(b).set(n)
+        self._updated.set(time.time())
         log.debug("completeness: %d of %d values over %d quarters (%s)", c.received, c.expected,
                   c.quarters, "n/a" if ratio is None else f"{ratio:.1%}")
 
     def failed(self, exc: BaseException) -> None:
-        self.errors.inc()
-        log.debug("completeness not updated: %s", exc)
+        """An update failed.  Counted here; the stage runner says it in the log (once
+        per outage or streak), so this line is only for debugging."""
+        self._errors.inc()
+        log.debug("completeness not updated: %s: %s", type(exc).__name__, exc)
 
 
 class CompletenessUpdater:
-    """Recomputes today's completeness every ``interval_s`` and sets the gauges.
+    """Computes today's completeness and sets the gauges, once per step (the runner
+    steps it every ``processing.completeness_interval_s``).  ``last`` is the latest
+    result."""
 
-    Takes the pool and the registry from the composition root; the database being away
-    is counted, reported to ``health`` (which logs the outage once) and retried at the
-    next interval, never fatal."""
+    name = "completeness"
 
-    def __init__(self, pool: asyncpg.Pool, registry: CollectorRegistry, *, timezone: str,
-                 settle_s: float = DEFAULT_SETTLE_S, health: DatabaseHealth | None = None) -> None:
+    def __init__(self, settings: ProcessingSettings, *, pool: asyncpg.Pool | asyncpg.Connection,
+                 registry: CollectorRegistry) -> None:
         self._pool = pool
-        self._health = health if health is not None else DatabaseHealth()
-        self._timezone = timezone
-        self._settle_s = settle_s
+        self._zone = settings.zone
+        self._settle_s = settings.completeness_settle_s
         self.metrics = CompletenessMetrics(registry)
         self.last: Completeness | None = None
 
     async def update(self, now: datetime | None = None) -> Completeness:
-        c = await completeness_today(self._pool, timezone=self._timezone, now=now, settle_s=self._settle_s)
+        c = await completeness_today(self._pool, zone=self._zone, settle_s=self._settle_s, now=now)
         self.metrics.computed(c)
         self.last = c
         return c
 
-    async def run(self, stop: asyncio.Event, interval_s: float = 60.0) -> None:
-        if interval_s <= 0:
-            raise ValueError("interval_s must be positive")
-        while not stop.is_set():
-            try:
-                await self.update()
-            except Exception as exc:
-                self.metrics.failed(exc)
-                if is_retryable(exc):
-                    self._health.failed("completeness", exc)
-                else:  # a bug or a refused query: keep going, say it once per interval
-                    log.warning("completeness not updated: %s", exc)
-            else:
-                self._health.succeeded("completeness")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
+    async def step(self) -> bool:
+        """One update; never more work waiting (the runner sleeps the interval)."""
+        try:
+            await self.update()
+        except Exception as exc:
+            self.metrics.failed(exc)  # the documented error count stays the stage's own
+            raise
+        return False

@@ -87,8 +87,9 @@ class ItemTable:
         """Items whose kgce goes into their enterprise's 0000 total: whole-plant (scope 1)
         items that measure consumption and have a coefficient.  Sub-meters would count
         the same energy twice; instant items are averages, not consumption."""
-        return ((self.scope == 1) & (self.kind != INSTANT) & (self.kind != TOTAL)
-                & np.isfinite(self.coefficient))
+        counted: np.ndarray = ((self.scope == 1) & (self.kind != INSTANT) & (self.kind != TOTAL)
+                               & np.isfinite(self.coefficient))
+        return counted
 
     def lookup(self, enterprise: Iterable[str], code: Iterable[str]) -> np.ndarray:
         """Item indices for pairs of enterprise and code (-1 when unknown)."""

@@ -26,15 +26,14 @@ QUARTER_US = 900 * 1_000_000
 class Calendar:
     """Period boundaries in one time zone; boundaries are cached per local year."""
 
-    def __init__(self, timezone: str) -> None:
-        self.timezone = timezone
-        self._tz = ZoneInfo(timezone)
+    def __init__(self, zone: ZoneInfo) -> None:
+        self.zone = zone
         # Per-instance caches (a Calendar lives as long as the service).
         self._days = lru_cache(maxsize=64)(self._year_days)
 
     def _midnight_us(self, year: int, month: int = 1, day: int = 1) -> int:
         # An exact integer: whole seconds times 1e6 (local midnights are whole seconds).
-        return int(datetime(year, month, day, tzinfo=self._tz).timestamp()) * 1_000_000
+        return int(datetime(year, month, day, tzinfo=self.zone).timestamp()) * 1_000_000
 
     def _year_days(self, year: int) -> np.ndarray:
         """Local midnights of every day of ``year`` and 1 January of the next year."""
@@ -46,7 +45,7 @@ class Calendar:
         )
 
     def local_year(self, t_us: int) -> int:
-        return datetime.fromtimestamp(t_us // 1_000_000, self._tz).year
+        return datetime.fromtimestamp(t_us // 1_000_000, self.zone).year
 
     def bounds(self, tier: int, lo_us: int, hi_us: int) -> np.ndarray:
         """The fewest boundaries of ``tier`` such that ``b[0] <= lo_us`` and

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from processing.aggregate import (
+from processing.itemtable import ItemTable
+from processing.periods import DAY, MONTH, QUARTER, TIERS, YEAR, Calendar
+from processing.periodvalues import (
     Consumption,
     GapRows,
     PeriodRows,
@@ -22,8 +24,6 @@ from processing.aggregate import (
     gap_tiers,
     totals,
 )
-from processing.itemtable import ItemTable
-from processing.periods import DAY, MONTH, QUARTER, TIERS, YEAR, Calendar
 from processing.segments import Readings, Segments, Validated, segment_flags, validate
 from processing.stuck import Movers, StuckCandidates, apply_stuck, candidates, flag_stuck
 

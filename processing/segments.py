@@ -205,5 +205,6 @@ def segment_flags(seg: Segments, quality: np.ndarray) -> np.ndarray:
     """The flags each segment rests on: all of its end reading's, the reading-level ones
     of its start reading, and NON_FINITE when non-finite readings were skipped inside."""
     mask = reading_level_mask(seg.instant)
-    return (quality[seg.end] | (quality[seg.start] & mask)
-            | np.where(seg.skipped, q.NON_FINITE, 0)).astype(np.int32)
+    flags: np.ndarray = (quality[seg.end] | (quality[seg.start] & mask)
+                         | np.where(seg.skipped, q.NON_FINITE, 0)).astype(np.int32)
+    return flags

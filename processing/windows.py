@@ -90,4 +90,5 @@ def inside(item: np.ndarray, start: np.ndarray, end: np.ndarray,
     j = np.searchsorted(wkey, pkey, "right") - 1
     ok = j >= 0
     j = np.maximum(j, 0)
-    return ok & (w_item[j] == item) & (w_lo[j] <= start) & (end <= w_hi[j])
+    whole: np.ndarray = ok & (w_item[j] == item) & (w_lo[j] <= start) & (end <= w_hi[j])
+    return whole

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 TZ = ZoneInfo("Asia/Shanghai")
-CALENDAR = Calendar("Asia/Shanghai")
+CALENDAR = Calendar(TZ)
 ENTERPRISE = "91340100MA2N0XXXXX"
 ELEC = "01-00-0000-023300-01"
 GAS = "00-00-0000-011500-01"

@@ -32,8 +32,11 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from config.settings import ProcessingSettings
 from nhjc.http import HttpEndpoint
 from processing.completeness import CompletenessUpdater, completeness_today
+from runtime.dberrors import DatabaseHealth
+from runtime.runner import RunnerEvents, StageRunner
 from tests.harness import Gateway, ServiceProcess, enterprise_code, item, wait_for
 from tests.services import ROOT, create_database, drop_database, free_port, wait_port
 
@@ -42,6 +45,18 @@ GRAFANA_DIR = ROOT / "config" / "grafana"
 DASHBOARDS = GRAFANA_DIR / "dashboards"
 DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "nhjc.yml"
 TZ = "Asia/Shanghai"
+ZONE = ZoneInfo(TZ)
+SETTLE_S = 900.0  # the settle the Grafana table writes in (and the setting's default)
+
+
+def completeness_settings() -> ProcessingSettings:
+    return ProcessingSettings(timezone=TZ, completeness_settle_s=SETTLE_S)
+
+
+def completeness_runner(updater: CompletenessUpdater, registry: CollectorRegistry,
+                        interval_s: float) -> StageRunner:
+    return StageRunner(updater, interval_s=interval_s, pause_min_s=interval_s, pause_max_s=interval_s,
+                       health=DatabaseHealth(), events=RunnerEvents(registry))
 
 # Metrics the dashboards and alerts use whose stage `nhjc run` does not run yet.  A panel
 # reading one of them cannot be checked against the running service; the test insists
@@ -239,7 +254,7 @@ async def test_completeness_counts_settled_quarters_with_coverage(db: str) -> No
         rows.append((e3, "01-00-0000-023300-99", 0, day, 1.0, 0.1, True, 1.0))  # not in the registry
         await insert_consumption(conn, rows)
 
-        c = await completeness_today(conn, timezone=TZ, now=now)
+        c = await completeness_today(conn, zone=ZONE, settle_s=SETTLE_S, now=now)
         assert c.quarters == 11
         got = {e.enterprise: (e.items, e.expected, e.received) for e in c.enterprises}
         assert got == {e1: (2, 22, 11 + 6), e2: (1, 11, 7), e3: (1, 11, 0)}
@@ -249,7 +264,7 @@ async def test_completeness_counts_settled_quarters_with_coverage(db: str) -> No
 
         # the same figures in the gauges
         registry = CollectorRegistry()
-        updater = CompletenessUpdater(conn, registry, timezone=TZ)  # type: ignore[arg-type]
+        updater = CompletenessUpdater(completeness_settings(), pool=conn, registry=registry)
         assert math.isnan(registry.get_sample_value("nhjc_completeness_ratio"))  # nothing computed yet
         await updater.update(now)
         assert registry.get_sample_value("nhjc_completeness_ratio") == pytest.approx(24 / 44)
@@ -261,16 +276,16 @@ async def test_completeness_counts_settled_quarters_with_coverage(db: str) -> No
 
         # just after the next midnight no period of the new day has settled: nothing expected
         early = at_local(day + timedelta(days=1), 0, 20)
-        c = await completeness_today(conn, timezone=TZ, now=early)
+        c = await completeness_today(conn, zone=ZONE, settle_s=SETTLE_S, now=early)
         assert c.quarters == 0 and c.expected == 0 and c.ratio is None
         assert c.bands() == {"<50%": 0, "50-90%": 0, ">=90%": 0}
         await updater.update(early)
         assert math.isnan(registry.get_sample_value("nhjc_completeness_ratio"))
         # at 23:59 the day has 94 settled periods (23:15-23:30 is the last to end by 23:44)
         late = at_local(day, 23, 59)
-        assert (await completeness_today(conn, timezone=TZ, now=late)).quarters == 94
+        assert (await completeness_today(conn, zone=ZONE, settle_s=SETTLE_S, now=late)).quarters == 94
         # in another time zone the same instant is another local day
-        c = await completeness_today(conn, timezone="UTC", now=now)
+        c = await completeness_today(conn, zone=ZoneInfo("UTC"), settle_s=SETTLE_S, now=now)
         assert c.quarters == (now.astimezone(UTC).hour * 60 + now.astimezone(UTC).minute - 15) // 15
     finally:
         await conn.close()
@@ -285,8 +300,8 @@ async def test_completeness_updater_runs_until_stopped_and_survives_a_failing_da
         async with pool.acquire() as conn:
             await insert_items(conn, [(enterprise_code(811), EL, "3300", "kWh", "cumulative", 1)])
         stop = asyncio.Event()
-        updater = CompletenessUpdater(pool, registry, timezone=TZ)
-        task = asyncio.create_task(updater.run(stop, interval_s=0.05))
+        updater = CompletenessUpdater(completeness_settings(), pool=pool, registry=registry)
+        task = asyncio.create_task(completeness_runner(updater, registry, 0.05).run(stop))
         for _ in range(200):
             if updater.last is not None:
                 break
@@ -296,9 +311,9 @@ async def test_completeness_updater_runs_until_stopped_and_survives_a_failing_da
         await asyncio.wait_for(task, 5)
 
         failed = CollectorRegistry()
-        failing = CompletenessUpdater(broken, failed, timezone=TZ)
+        failing = CompletenessUpdater(completeness_settings(), pool=broken, registry=failed)
         stop = asyncio.Event()
-        task = asyncio.create_task(failing.run(stop, interval_s=0.05))
+        task = asyncio.create_task(completeness_runner(failing, failed, 0.05).run(stop))
 
         def errors() -> float:
             return failed.get_sample_value("nhjc_completeness_errors_total") or 0.0
@@ -458,7 +473,7 @@ async def test_every_energy_panel_query_returns_the_inserted_figures(db: str) ->
                 got = await conn.fetch(sql)
                 if p["title"].startswith("Completeness today"):
                     # the same rule in Python, at the same instant (now() is the transaction's)
-                    expected = await completeness_today(conn, timezone=TZ, now=db_now)
+                    expected = await completeness_today(conn, zone=ZONE, settle_s=SETTLE_S, now=db_now)
             assert got, f"{p['title']}: no rows"
             if target["format"] == "time_series":
                 assert "time" in got[0], p["title"]  # a Record: field names
@@ -672,9 +687,10 @@ async def test_completeness_panels_read_the_updater_through_a_real_prometheus(db
             # e1 has every period of today so far, e2 none
             await insert_consumption(conn, [(e1, EL, 0, today + timedelta(minutes=15 * q), 1.0, 0.1, True, 1.0)
                                             for q in range(int((now - today).total_seconds()) // 900)])
-        updater = CompletenessUpdater(pool, registry, timezone=TZ)
+        updater = CompletenessUpdater(completeness_settings(), pool=pool, registry=registry)
         http = HttpEndpoint(host="127.0.0.1", port=0, registry=registry, ready=lambda: {"database": True})
-        tasks = [asyncio.create_task(http.run(stop)), asyncio.create_task(updater.run(stop, interval_s=0.5))]
+        tasks = [asyncio.create_task(http.run(stop)),
+                 asyncio.create_task(completeness_runner(updater, registry, 0.5).run(stop))]
         for _ in range(200):
             if http.port and updater.last:
                 break

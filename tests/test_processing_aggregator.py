@@ -15,12 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from config.settings import ProcessingSettings
 from ingest import quality as q
 from ingest.registry import queue_item_recompute
 from processing.aggregator import Aggregator
 from processing.periods import DAY, MONTH, QUARTER, YEAR
 from processing.pipeline import compute
 from processing.segments import Readings
+from runtime.dberrors import DatabaseHealth
+from runtime.runner import RunnerEvents, StageRunner
 from tests.strategies import CALENDAR, ELEC, ENTERPRISE, GAS, Series, at, item, series, table
 
 pytestmark = pytest.mark.services
@@ -40,7 +43,7 @@ async def add_items(conn: asyncpg.Connection, records: Iterable[dict[str, Any]])
 
 async def store(conn: asyncpg.Connection, data: Sequence[Sequence[Any]],
                 enterprise: str = ENTERPRISE) -> None:
-    """What the store does (WIRE §2 interface): readings upserted, and in the same
+    """What the store does: readings upserted, and in the same
     transaction one pending row per item with the batch's first and last time."""
     if not data:
         return
@@ -74,11 +77,13 @@ async def consumption(conn: asyncpg.Connection) -> dict[Key, asyncpg.Record]:
     return {(r["enterprise"], r["code"], r["stat_type"], r["start"]): r for r in rows}
 
 
-def aggregator(pool: asyncpg.Pool, **kw: Any) -> Aggregator:
+def aggregator(pool: asyncpg.Pool, registry: CollectorRegistry | None = None,
+               **kw: Any) -> Aggregator:
     opts: dict[str, Any] = {"timezone": "Asia/Shanghai", "max_gap_s": 1800.0,
-                            "stuck_after_s": 6 * 3600.0, "registry": CollectorRegistry()}
+                            "stuck_after_s": 6 * 3600.0}
     opts.update(kw)
-    return Aggregator(pool, **opts)
+    return Aggregator(ProcessingSettings(**opts), pool=pool,
+                      registry=registry if registry is not None else CollectorRegistry())
 
 
 @contextlib.asynccontextmanager
@@ -171,7 +176,8 @@ async def test_a_reset_is_recorded_and_a_correction_undoes_it(db: str) -> None:
             await add_items(conn, [item()])
             await store(conn, [(ELEC, t(0, 0), 500.0), (ELEC, t(0, 5), 510.0), (ELEC, t(0, 10), 20.0),
                                (ELEC, t(0, 15), 530.0)])
-            agg = aggregator(pool)
+            registry = CollectorRegistry()
+            agg = aggregator(pool, registry)
             await drain(agg)
             events = await conn.fetch("SELECT kind, value_before, value_after FROM meter_events")
             assert [tuple(r) for r in events] == [("reset", 510.0, 20.0)]
@@ -186,8 +192,7 @@ async def test_a_reset_is_recorded_and_a_correction_undoes_it(db: str) -> None:
             assert await conn.fetchval("SELECT max(quality) FROM readings") == 0
             row = (await consumption(conn))[(ENTERPRISE, ELEC, QUARTER, t(0))]
             assert (row["value"], row["valid"], row["coverage"]) == (30.0, True, 1.0)
-        samples = agg.metrics.events.labels("reset")._value.get()
-        assert samples == 1
+        assert registry.get_sample_value("nhjc_meter_events_total", {"kind": "reset"}) == 1
 
 
 async def test_gaps_across_midnight_reach_the_month_and_late_data_fills_them(
@@ -224,7 +229,8 @@ async def test_a_stuck_register_is_flagged_in_the_database(db: str) -> None:
         quarter = 15 * 60_000_000
         async with pool.acquire() as conn:
             await add_items(conn, [item(), item(other)])
-            agg = aggregator(pool)
+            registry = CollectorRegistry()
+            agg = aggregator(pool, registry)
             # Hour by hour, as a gateway would send them.
             for h in range(8):
                 times = [t(h) + i * quarter for i in range(4)]
@@ -238,15 +244,18 @@ async def test_a_stuck_register_is_flagged_in_the_database(db: str) -> None:
             rows = await consumption(conn)
             assert not rows[(ENTERPRISE, ELEC, QUARTER, t(6))]["valid"]
             assert rows[(ENTERPRISE, ELEC, QUARTER, t(5, 30))]["valid"]
-        assert agg.metrics.flagged.labels("stuck")._value.get() == 8
+        assert registry.get_sample_value("nhjc_readings_flagged_total", {"flag": "stuck"}) == 8
 
 
-async def test_the_loop_keeps_going_and_stops_when_told(db: str) -> None:
+async def test_the_runner_keeps_it_going_and_stops_it_when_told(db: str) -> None:
     async with connected(db) as pool, pool.acquire() as conn:
         await add_items(conn, [item()])
-        agg = aggregator(pool)
+        registry = CollectorRegistry()
+        agg = aggregator(pool, registry)
+        runner = StageRunner(agg, interval_s=0.02, pause_min_s=0.01, pause_max_s=0.05,
+                             health=DatabaseHealth(), events=RunnerEvents(registry))
         stop = asyncio.Event()
-        task = asyncio.create_task(agg.run(stop, 0.02))
+        task = asyncio.create_task(runner.run(stop))
         await store(conn, [(ELEC, t(0, 0), 0.0), (ELEC, t(0, 15), 5.0)])
         for _ in range(200):
             if await conn.fetchval("SELECT count(*) FROM consumption") > 0:
@@ -255,6 +264,21 @@ async def test_the_loop_keeps_going_and_stops_when_told(db: str) -> None:
         assert await conn.fetchval("SELECT count(*) FROM pending_recompute") == 0
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_step_says_whether_work_remains_and_counts_its_failures(db: str) -> None:
+    registry = CollectorRegistry()
+    async with connected(db) as pool:
+        async with pool.acquire() as conn:
+            await add_items(conn, [item()])
+            await store(conn, [(ELEC, t(0, 0), 0.0), (ELEC, t(0, 15), 5.0)])
+        agg = aggregator(pool, registry, chunk=1)
+        assert await agg.step() is True
+        assert await agg.step() is False
+    # The pool is closed now: the step fails, counted here and raised for the runner.
+    with pytest.raises(asyncpg.InterfaceError):
+        await agg.step()
+    assert registry.get_sample_value("nhjc_aggregator_errors_total") == 1
 
 
 # -- late arrival, property-based ---------------------------------------------------------

@@ -6,9 +6,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processing.aggregate import Consumption
 from processing.itemtable import INSTANT, TOTAL
 from processing.periods import DAY, MONTH, QUARTER, YEAR
+from processing.periodvalues import Consumption
 from processing.pipeline import compute
 from processing.segments import Readings
 from tests.strategies import CALENDAR, Series, at, full_year_series, series

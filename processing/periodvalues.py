@@ -1,7 +1,7 @@
 """Segments into period values: 15-minute, day, month and year consumption, and the
 enterprise totals.  Pure numpy, no I/O.
 
-The rule for one period (DOMAIN): the time-proportional shares of the measured segments
+The rule for one period: the time-proportional shares of the measured segments
 overlapping it, plus every gap segment it contains whole; coverage is the part of the
 period whose consumption is known that way.  Two ways to get a tier:
 

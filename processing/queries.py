@@ -1,0 +1,235 @@
+"""The aggregator's SQL: every statement one run sends, in the order a run sends them.
+
+Times cross the wire as int8 microseconds since the epoch, converted exactly on the
+server (:func:`_ts`, :func:`_us`), so no float or time zone conversion of the driver
+stands between the numpy columns and the tables.  Lists go as arrays and are unnested on
+the server: one round trip per statement, whatever the number of items.
+"""
+
+from __future__ import annotations
+
+from processing.itemtable import TOTAL_CODE
+from processing.periods import QUARTER_US
+
+__all__ = [
+    "BACKLOG", "CHILDREN", "CLAIM", "CLAIM_MORE", "DELETE_CLAIMED", "DELETE_EVENTS",
+    "DELETE_GAPS", "GAPS", "INSERT_GAPS", "ITEMS", "LOAD", "MOVERS", "NEIGHBOURS", "PLANNER",
+    "RUN_SINCE", "TOTAL_INPUTS", "UPDATE_QUALITY", "UPSERT", "UPSERT_EVENTS",
+]
+
+
+def _ts(param: str) -> str:
+    """SQL for an int8 of microseconds since the epoch as timestamptz (exact)."""
+    return f"(timestamptz 'epoch' + {param} * interval '1 microsecond')"
+
+
+def _us(column: str) -> str:
+    """SQL for a timestamptz as int8 microseconds since the epoch (exact)."""
+    return f"(extract(epoch FROM {column}) * 1000000)::int8"
+
+
+# Claim pending rows of enterprises no other instance is working on: the advisory
+# try-lock (held to the end of the transaction) is taken in the scan, so rows of an
+# enterprise another instance holds are passed over, not waited for.  Two instances
+# never compute the same coarse periods or totals from each other's half-written
+# children.
+CLAIM = f"""
+SELECT id, enterprise, code, {_us('from_ts')} AS lo, {_us('to_ts')} AS hi
+FROM pending_recompute
+WHERE pg_try_advisory_xact_lock(hashtextextended('nhjc.aggregate:' || enterprise, 0))
+ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+
+# Once behind, an item has many pending rows far apart in the queue (one per batch).
+# Taking the claimed items' other pending rows too lets one run merge them: the backlog
+# is then worked off in bigger steps instead of one batch at a time.
+CLAIM_MORE = f"""
+SELECT p.id, p.enterprise, p.code, {_us('p.from_ts')} AS lo, {_us('p.to_ts')} AS hi
+FROM unnest($1::text[], $2::text[]) AS u(e, c)
+CROSS JOIN LATERAL (
+  SELECT * FROM pending_recompute p
+  WHERE p.enterprise = u.e AND p.code = u.c AND NOT p.id = ANY($3::int8[])
+  ORDER BY p.id LIMIT $4 FOR UPDATE SKIP LOCKED
+) AS p
+"""
+
+# Every query of a run is driven by a short list of keys (items, periods, timestamps)
+# into large tables.  Nested loops over the primary-key indexes are always right for
+# that; a hash or merge join would read whole chunks when the planner misjudges a list.
+PLANNER = """
+SET LOCAL enable_hashjoin = off;
+SET LOCAL enable_mergejoin = off;
+SET LOCAL max_parallel_workers_per_gather = 0;
+"""
+
+ITEMS = """
+SELECT enterprise, code, energy, kind, multiplier, rollover, min, max, scope, coefficient
+FROM items WHERE enterprise = ANY($1::text[])
+"""
+
+_UNNEST_RANGES = "unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::int8[]) AS u(k, e, c, lo, hi)"
+
+# Only finite values make segments; NaN sorts above +Infinity in PostgreSQL.
+_FINITE = "r.value < 'Infinity'::float8 AND r.value > '-Infinity'::float8"
+
+# The finite readings just before and just after each pending range.
+NEIGHBOURS = f"""
+SELECT u.k,
+  (SELECT {_us('max(r.ts)')} FROM readings r
+    WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')} AND {_FINITE}) AS before,
+  (SELECT {_us('min(r.ts)')} FROM readings r
+    WHERE r.enterprise = u.e AND r.code = u.c AND r.ts > {_ts('u.hi')} AND {_FINITE}) AS after
+FROM {_UNNEST_RANGES}
+"""
+
+# Every reading of each window, widened to the finite reading before and the one after
+# it (non-finite readings in between included: the segment across them rests on them).
+# Returned as arrays: asyncpg decodes arrays in C, much faster than a Record per row.
+# OFFSET 0 keeps each LATERAL subquery a per-window index scan: flattened into a join,
+# the planner may scan whole chunks instead.
+LOAD = f"""
+SELECT array_agg(u.k), array_agg({_us('x.ts')}), array_agg(x.value), array_agg(x.quality)
+FROM {_UNNEST_RANGES}
+CROSS JOIN LATERAL (SELECT
+  coalesce((SELECT max(r.ts) FROM readings r WHERE r.enterprise = u.e AND r.code = u.c
+             AND r.ts < {_ts('u.lo')} AND {_FINITE}), {_ts('u.lo')}) AS f,
+  coalesce((SELECT min(r.ts) FROM readings r WHERE r.enterprise = u.e AND r.code = u.c
+             AND r.ts > {_ts('u.hi')} AND {_FINITE}), {_ts('u.hi')}) AS l
+  OFFSET 0
+) AS b
+CROSS JOIN LATERAL (
+  SELECT r.ts, r.value, r.quality FROM readings r
+  WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= b.f AND r.ts <= b.l OFFSET 0
+) AS x
+"""
+
+# Since when (clamped to t - stuck_after) a register has shown the value v it shows at
+# t: the earliest reading after the last different one, looking back no further than
+# the reading just before t - stuck_after.  No row for k means: since t.
+RUN_SINCE = f"""
+WITH w AS (
+  SELECT u.k, u.lo, x.ts, x.value <> u.v AS differs
+  FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::float8[], $6::int8[])
+    AS u(k, e, c, t, v, lo)
+  CROSS JOIN LATERAL (
+    (SELECT r.ts, r.value FROM readings r
+      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')} ORDER BY r.ts DESC LIMIT 1)
+    UNION ALL
+    (SELECT r.ts, r.value FROM readings r
+      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= {_ts('u.lo')} AND r.ts < {_ts('u.t')})
+  ) AS x
+), marked AS (
+  SELECT k, lo, ts,
+    ts > coalesce(max(ts) FILTER (WHERE differs) OVER (PARTITION BY k), '-infinity') AS same
+  FROM w
+)
+SELECT k, greatest(lo, {_us('min(ts)')}) AS since FROM marked WHERE same GROUP BY k, lo
+"""
+
+# 15-minute periods in which the enterprise's items recorded consumption.
+MOVERS = f"""
+SELECT c.enterprise, c.code, {_us('c.period_start')} AS start
+FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(e, lo, hi)
+JOIN consumption c ON c.enterprise = u.e AND c.stat_type = 0 AND c.code <> '{TOTAL_CODE}'
+  AND c.period_start > {_ts('u.lo')} AND c.period_start < {_ts('u.hi')} AND c.value > 0
+"""
+
+_CHANGED = """(c.valid IS DISTINCT FROM EXCLUDED.valid
+  OR abs(c.value - EXCLUDED.value) > 1e-12 * greatest(1.0, abs(c.value))
+  OR abs(c.kgce - EXCLUDED.kgce) > 1e-12 * greatest(1.0, abs(c.kgce))
+  OR abs(c.coverage - EXCLUDED.coverage) > 1e-12)"""
+
+UPSERT = f"""
+INSERT INTO consumption AS c (enterprise, code, stat_type, period_start, value, kgce, valid,
+                              coverage, flags)
+SELECT u.e, u.c, u.st, {_ts('u.ps')}, u.v, u.kg, u.ok, u.cov, u.fl
+FROM unnest($1::text[], $2::text[], $3::int2[], $4::int8[], $5::float8[], $6::float8[],
+            $7::bool[], $8::float8[], $9::int2[]) AS u(e, c, st, ps, v, kg, ok, cov, fl)
+ON CONFLICT (enterprise, code, stat_type, period_start) DO UPDATE SET
+  value = EXCLUDED.value, kgce = EXCLUDED.kgce, valid = EXCLUDED.valid,
+  coverage = EXCLUDED.coverage, flags = EXCLUDED.flags,
+  computed_at = CASE WHEN {_CHANGED} THEN now() ELSE c.computed_at END,
+  revision = CASE WHEN {_CHANGED} THEN nextval('consumption_revision') ELSE c.revision END
+WHERE {_CHANGED} OR c.flags IS DISTINCT FROM EXCLUDED.flags
+RETURNING c.stat_type, c.computed_at = now() AS changed
+"""
+
+# Child sums of coarse periods: amount (instant items: value x known seconds), known
+# microseconds (coverage x the child's length) and flags.  $7 is the children's
+# stat_type, $8 the time zone's name (a child day or month is 23 to 25 hours or 28 to
+# 31 days long in local time).
+CHILDREN = f"""
+SELECT u.k,
+  coalesce(sum(CASE WHEN u.inst THEN c.value * round(c.coverage * d.us) / 1e6 ELSE c.value END), 0),
+  coalesce(sum(round(c.coverage * d.us)), 0)::int8,
+  coalesce(bit_or(c.flags), 0)::int4
+FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[])
+  AS u(k, e, c, lo, hi, inst)
+JOIN consumption c ON c.enterprise = u.e AND c.code = u.c AND c.stat_type = $7
+  AND c.period_start >= {_ts('u.lo')} AND c.period_start < {_ts('u.hi')}
+CROSS JOIN LATERAL (SELECT CASE $7::int
+  WHEN 0 THEN {QUARTER_US}::float8
+  WHEN 1 THEN extract(epoch FROM ((c.period_start AT TIME ZONE $8) + interval '1 day')
+                                  AT TIME ZONE $8 - c.period_start) * 1e6
+  ELSE extract(epoch FROM ((c.period_start AT TIME ZONE $8) + interval '1 month')
+                          AT TIME ZONE $8 - c.period_start) * 1e6
+  END AS us) AS d
+GROUP BY u.k
+"""
+
+GAPS = f"""
+SELECT u.k, {_us('g.t0')}, {_us('g.t1')}, g.amount, g.flags
+FROM {_UNNEST_RANGES}
+JOIN gap_segments g ON g.enterprise = u.e AND g.code = u.c AND g.tier = $6
+  AND g.t0 >= {_ts('u.lo')} AND g.t0 < {_ts('u.hi')}
+"""
+
+DELETE_GAPS = f"""
+DELETE FROM gap_segments g
+USING unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS u(e, c, f, l)
+WHERE g.enterprise = u.e AND g.code = u.c AND g.t0 < {_ts('u.l')} AND g.t1 > {_ts('u.f')}
+"""
+
+INSERT_GAPS = f"""
+INSERT INTO gap_segments (enterprise, code, t0, t1, tier, amount, flags)
+SELECT u.e, u.c, {_ts('u.t0')}, {_ts('u.t1')}, u.tier, u.amount, u.flags
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int2[], $6::float8[], $7::int2[])
+  AS u(e, c, t0, t1, tier, amount, flags)
+ON CONFLICT (enterprise, code, t0) DO UPDATE SET t1 = EXCLUDED.t1, tier = EXCLUDED.tier,
+  amount = EXCLUDED.amount, flags = EXCLUDED.flags
+"""
+
+TOTAL_INPUTS = f"""
+SELECT c.enterprise, c.code, c.stat_type, {_us('c.period_start')}, c.kgce, c.coverage, c.valid,
+       c.flags
+FROM unnest($1::text[], $2::int2[], $3::int8[]) AS u(e, st, ps)
+JOIN consumption c ON c.enterprise = u.e AND c.stat_type = u.st
+  AND c.period_start = {_ts('u.ps')} AND c.code = ANY($4::text[])
+"""
+
+UPDATE_QUALITY = f"""
+UPDATE readings r SET quality = u.q
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::int2[]) AS u(e, c, t, q)
+WHERE r.enterprise = u.e AND r.code = u.c AND r.ts = {_ts('u.t')}
+"""
+
+DELETE_EVENTS = f"""
+DELETE FROM meter_events m USING unnest($1::text[], $2::text[], $3::int8[]) AS u(e, c, t)
+WHERE m.enterprise = u.e AND m.code = u.c AND m.ts = {_ts('u.t')}
+"""
+
+UPSERT_EVENTS = f"""
+INSERT INTO meter_events AS m (enterprise, code, ts, kind, value_before, value_after)
+SELECT u.e, u.c, {_ts('u.t')}, u.kind, u.vb, u.va
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::float8[], $6::float8[])
+  AS u(e, c, t, kind, vb, va)
+ON CONFLICT (enterprise, code, ts) DO UPDATE SET kind = EXCLUDED.kind,
+  value_before = EXCLUDED.value_before, value_after = EXCLUDED.value_after, detected_at = now()
+WHERE (m.kind, m.value_before, m.value_after)
+  IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.value_before, EXCLUDED.value_after)
+RETURNING m.kind
+"""
+
+DELETE_CLAIMED = "DELETE FROM pending_recompute WHERE id = ANY($1::int8[])"
+
+BACKLOG = "SELECT count(*) FROM pending_recompute"
