@@ -72,7 +72,8 @@ def at(year: int, month: int = 1, day: int = 1, hour: int = 0, minute: int = 0,
 
 def item(code: str = ELEC, *, enterprise: str = ENTERPRISE, energy: str = "3300",
          kind: str = "cumulative", **fields: Any) -> dict[str, Any]:
-    """An items-table record with the defaults of WIRE §1."""
+    """An items-table record with the defaults an item message leaves out (multiplier
+    1, no rollover or range, whole-plant scope, the energy's default coefficient)."""
     rec: dict[str, Any] = {"enterprise": enterprise, "code": code, "energy": energy, "kind": kind,
                            "unit": "kWh", "multiplier": 1.0, "rollover": None, "min": None,
                            "max": None, "scope": 1, "coefficient": None}

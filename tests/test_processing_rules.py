@@ -1,4 +1,4 @@
-"""The DOMAIN rules on small hand-worked cases (pure functions, no database).
+"""The processing rules (docs/processing.md) on small hand-worked cases (pure functions, no database).
 
 Times are local Asia/Shanghai; ``Q(h, m)`` is the 15-minute period starting then on
 2024-01-01 unless a test says otherwise.
