@@ -131,8 +131,9 @@ def _reduce(tier: int, bounds: np.ndarray, item: np.ndarray, p: np.ndarray, amou
 
 def distribute(seg: Segments, seg_flags: np.ndarray, bounds: np.ndarray, tier: int) -> PeriodRows:
     """The period rule (see the module's docstring) applied to segments for the periods
-    ``bounds`` (which must cover every segment).  Every period overlapping a segment gets a row, even one whose
-    coverage is 0, so that a recomputation overwrites what an earlier one wrote."""
+    ``bounds`` (which must cover every segment).  Every period overlapping a segment gets
+    a row, even one whose coverage is 0, so that a recomputation overwrites what an
+    earlier one wrote."""
     t0, t1 = seg.t0, seg.t1
     i0 = np.searchsorted(bounds, t0, "right") - 1
     i1 = np.searchsorted(bounds, t1, "left") - 1  # a segment ending on a boundary stops before it
