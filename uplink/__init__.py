@@ -1,8 +1,7 @@
-"""Uplink: forwards ``consumption`` periods to the provincial and national platforms
-(WIRE.md §3).  The service constructs :class:`~uplink.runner.Uplink`; docs/uplink.md
-describes targets, flavours, schedule, outbox, retry rules, the mock platform and the
-metrics."""
+"""Uplink: forwards ``consumption`` periods to the provincial and national platforms.
+The service constructs :class:`~uplink.stage.Uplink`; docs/uplink.md describes targets,
+flavours, schedule, outbox, retry rules, the mock platform and the metrics."""
 
-from uplink.runner import Uplink
+from uplink.stage import Uplink
 
 __all__ = ["Uplink"]

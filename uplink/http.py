@@ -1,6 +1,6 @@
 """The one place where HTTP outcomes become :mod:`uplink.errors`.
 
-Rules (WIRE.md §3): a reply whose ``responseCode`` is "0" is success; a time-out, a
+Rules: a reply whose ``responseCode`` is "0" is success; a time-out, a
 connection error, a 5xx, 408, 429 or any other ``responseCode`` is retried; 401 means
 our token or password (retried after re-authenticating); any other 4xx is a rejection
 of what we sent.

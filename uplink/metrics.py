@@ -1,12 +1,21 @@
-"""The uplink's named events, counted in Prometheus.  Labels stay low-cardinality: the
-target name and a reason from a fixed list (:data:`uplink.errors.REASONS`), never an
-enterprise, a URL or a platform's message."""
+"""The uplink's named events: each method is one thing that happened to a target, and it
+logs and counts together, so a log line and its count cannot drift apart.  Labels stay
+low-cardinality: the target name and a reason from a fixed list
+(:data:`uplink.errors.REASONS`), never an enterprise, a URL or a platform's message
+(those go to the log line and the outbox only)."""
 
 from __future__ import annotations
 
+import logging
+from zoneinfo import ZoneInfo
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from uplink.records import Record
+
 __all__ = ["UplinkMetrics"]
+
+log = logging.getLogger("nhjc.uplink")
 
 
 class UplinkMetrics:
@@ -43,24 +52,56 @@ class UplinkMetrics:
             "nhjc_uplink_target_up", "1 when the last request to the target got an answer",
             ["target"], registry=registry)
 
+    # -- a target's life -----------------------------------------------------------------
+
+    def started(self, target: str, url: str, flavour: str) -> None:
+        log.info("uplink %s: delivering to %s (%s)", target, url, flavour)
+
+    def stopped(self, target: str) -> None:
+        log.info("uplink %s: stopped", target)
+
+    def paused(self, target: str, error: Exception, pause_s: float, failures: int) -> None:
+        """The platform failed in a way that would fail every record alike: the target
+        sends nothing for ``pause_s`` (the request that failed is in the retry count)."""
+        log.warning("uplink %s: %s; pausing %.1fs (failure %d in a row)", target, error, pause_s, failures)
+
+    def answers_again(self, target: str, failures: int) -> None:
+        log.info("uplink %s: target answers again after %d failed rounds", target, failures)
+
+    def device_error(self, target: str, enterprise: str, error: str) -> None:
+        """Registration or item configuration failed: the enterprise's records wait (they
+        are counted as retries by :meth:`retried`)."""
+        log.warning("uplink %s: %s: %s", target, enterprise, error)
+
+    # -- records -------------------------------------------------------------------------
+
     def queued(self, target: str, cause: str, n: int) -> None:
         if n:
             self._queued.labels(target, cause).inc(n)
 
-    def request(self, target: str, call: str, outcome: str, seconds: float) -> None:
-        """One HTTP call (register, config, data, token...) and how it ended:
-        ok, retry or rejected."""
+    def request(self, target: str, call: str, outcome: str, seconds: float, *, records: int = 0) -> None:
+        """One call to the platform (register, config, data) and how it ended: ok, retry,
+        down or rejected; a data call carried ``records`` records."""
         self._requests.labels(target, call, outcome).observe(seconds)
         self._up.labels(target).set(0 if outcome == "down" else 1)
-
-    def sent(self, target: str, n: int) -> None:
-        self._sent.labels(target).inc(n)
+        if call == "data":
+            self._sent.labels(target).inc(records)
 
     def acked(self, target: str, n: int) -> None:
         self._acked.labels(target).inc(n)
 
-    def rejected(self, target: str, n: int) -> None:
-        self._rejected.labels(target).inc(n)
+    def rejected(self, target: str, record: Record, status: int, message: str, zone: ZoneInfo) -> None:
+        """The platform refused this one record (a chunk is split until the refused
+        records are alone): it is kept with the platform's words, never retried as is."""
+        self._rejected.labels(target).inc()
+        log.warning("uplink %s: rejected %s %s statType %d %s: HTTP %d %s", target, record.enterprise,
+                    record.data_code, record.stat_type, record.period_start.astimezone(zone), status, message)
+
+    def not_sendable(self, target: str, record: Record, reason: str) -> None:
+        """A record refused before sending (a value that is not a finite number)."""
+        self._rejected.labels(target).inc()
+        log.warning("uplink %s: rejected %s %s statType %d %s: %s", target, record.enterprise,
+                    record.data_code, record.stat_type, record.period_start.isoformat(), reason)
 
     def retried(self, target: str, reason: str, n: int) -> None:
         self._retries.labels(target, reason).inc(n)

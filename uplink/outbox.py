@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -183,11 +184,11 @@ def _columns(records: Iterable[Record]) -> tuple[list[str], list[str], list[int]
 class Outbox:
     """One target's view of the outbox tables."""
 
-    def __init__(self, pool: asyncpg.Pool, target: str, *, timezone: str,
+    def __init__(self, pool: asyncpg.Pool, target: str, *, zone: ZoneInfo,
                  realtime_delay: timedelta, upload_time: time) -> None:
         self._pool = pool
         self.target = target
-        self._tz = timezone
+        self._tz = zone.key  # the due-time rule runs in SQL, which takes the zone's name
         self._delay = realtime_delay
         self._upload = upload_time
 
@@ -220,9 +221,10 @@ class Outbox:
     async def oldest_open_transaction(self) -> datetime | None:
         """When the oldest transaction still open on this database (other than this
         statement's) began; None when there is none (or none this role may see)."""
-        return await self._pool.fetchval(
+        oldest: datetime | None = await self._pool.fetchval(
             "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
             " AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+        return oldest
 
     async def load_cursor(self, initial: int) -> int:
         async with self._pool.acquire() as conn:

@@ -1,4 +1,4 @@
-"""The records the platforms take (WIRE.md §3, DOMAIN.md "Records the platforms take").
+"""The records the platforms take: one statistical period of one data code.
 
 Frozen values built from the ``consumption`` and ``items`` rows; both protocol flavours
 use the same field names, so the conversion to the wire lives here and the adapters

@@ -1,6 +1,6 @@
 """When a period may be sent, and when a failed attempt is tried again.
 
-Periods follow local time (DOMAIN.md): a real-time period is 15 minutes, a day starts
+Periods follow local time: a real-time period is 15 minutes, a day starts
 at 00:00, a month on the 1st, a year on 1 January.  A target sends
 
 - real-time periods (statType 0) ``realtime_delay`` after the period closes;
@@ -16,10 +16,15 @@ same rule in SQL, used when rows are enqueued server-side; a test checks both ag
 Every function returns UTC datetimes and does its arithmetic in UTC: Python adds a
 timedelta to a zone-aware datetime on the wall clock, which is wrong across a DST
 change (and compares two datetimes of one zone ignoring ``fold``).
+
+The uplink reads the time from a :data:`Clock` it is given (:func:`utc_now` in
+service): schedules, due times and backoffs all follow it, so tests move time instead
+of waiting.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -27,15 +32,23 @@ __all__ = [
     "DUE_SQL",
     "REALTIME",
     "STAT_TYPES",
+    "Clock",
     "due_at",
     "enqueue_limit",
     "initial_through",
     "next_start",
     "period_start",
+    "utc_now",
 ]
 
 STAT_TYPES = (0, 1, 2, 3)
 REALTIME = timedelta(minutes=15)
+
+Clock = Callable[[], datetime]  # the current time, aware
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def period_start(stat_type: int, t: datetime, tz: ZoneInfo) -> datetime:

@@ -1,4 +1,4 @@
-"""GB/T 37947.1 end-device interface as the provinces deploy it (WIRE.md §3).
+"""GB/T 37947.1 end-device interface as the provinces deploy it.
 
 ``POST {base}/register`` with ``{enterpriseCode, region}`` gives ``deviceId``,
 ``centerInfoURL`` (item configuration), ``centerDataURL`` (data) and ``uploadTime``;

@@ -1,0 +1,184 @@
+"""One round of sending to one target, and the target's pause.
+
+A round reads the due rows with their current value, groups them by enterprise,
+makes sure each enterprise is registered and configured (:mod:`uplink.devices`), and
+writes its records in chunks, a few requests at a time.  A rejected chunk of several
+records is split in halves until the records the platform refuses are alone, so one
+bad record never holds back its neighbours.  Acks, retries (the backoff per record) and
+rejections go back to the outbox in one transaction at the end of the round, and also
+when the round ends with an unexpected error: what the platform already acknowledged
+must never be sent again because something else failed.
+
+A time-out, a refused connection, a 5xx, 408 or 429 (or refused credentials) pauses
+the whole target with the target's backoff: the requests not yet started in that round
+are left untouched, so an outage costs one failed request per pause, not one per
+record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time as _time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from config.settings import TargetSettings
+from runtime.backoff import Backoff, backoff_delay
+from uplink.adapters import Adapter, Registration
+from uplink.devices import Devices, call_outcome
+from uplink.errors import RejectedError, RetryableError
+from uplink.metrics import UplinkMetrics
+from uplink.outbox import DueRow, ItemRow, Outbox, Outcomes
+from uplink.records import TOTAL_CODE, Record, scope_of
+from uplink.schedule import Clock
+
+__all__ = ["Delivery"]
+
+
+class Delivery:
+    """Sends a target's due records through its adapter; :meth:`round` is one round."""
+
+    def __init__(self, settings: TargetSettings, *, adapter: Adapter, outbox: Outbox, zone: ZoneInfo,
+                 metrics: UplinkMetrics, clock: Clock, rng: random.Random) -> None:
+        self._name = outbox.target
+        self._settings = settings
+        self._adapter = adapter
+        self._outbox = outbox
+        self._tz = zone
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng
+        self.devices = Devices(settings, adapter=adapter, outbox=outbox, metrics=metrics, clock=clock)
+        self._chunk = adapter.records_per_call or settings.batch_size
+        self._pause = Backoff(settings.backoff_min_s, settings.backoff_max_s, rng)
+        self.paused_until: datetime | None = None
+        self._trouble: RetryableError | None = None  # a failure pausing the target, this round
+
+    async def round(self, stop: asyncio.Event) -> bool:
+        """One round of sending; True when there may be more due right now."""
+        now = self._clock()
+        if self.paused_until is not None and now < self.paused_until:
+            return False
+        s = self._settings
+        limit = s.batch_size * s.concurrency
+        rows = await self._outbox.fetch_due(now, limit)
+        if not rows:
+            return False
+        out = Outcomes()
+        await self._outbox.forget([r.key for r in rows if r.value is None])
+        by_enterprise: dict[str, list[Record]] = {}
+        for row in rows:
+            if row.value is None:
+                continue
+            record = self._record(row)
+            if not math.isfinite(record.value):
+                reason = "value is not a finite number (not sent)"
+                out.rejected.append((record, 0, reason))
+                self._metrics.not_sendable(self._name, record, reason)
+                continue
+            by_enterprise.setdefault(row.enterprise, []).append(record)
+        self._trouble = None
+        try:
+            items = await self._outbox.items(list(by_enterprise))
+            sem = asyncio.Semaphore(s.concurrency)
+            async with asyncio.TaskGroup() as tg:
+                for enterprise, records in by_enterprise.items():
+                    tg.create_task(self._deliver_enterprise(enterprise, records, items[enterprise], out,
+                                                            sem, stop))
+        except Exception:
+            # Something unexpected (a bug, the database away while saving a device) left
+            # the round: its other requests were cancelled, their rows stay due as they
+            # were.  What the platform already answered is recorded before the error
+            # goes on to the stage runner; a cancellation (the service giving up on a
+            # stalled database) records nothing, as the database is what it gave up on.
+            await self._outbox.record(out, self._clock())
+            raise
+        await self._outbox.record(out, self._clock())
+        if self._trouble is not None:
+            pause = max(self._pause.next_delay(), self._trouble.retry_after_s or 0.0)
+            self.paused_until = self._clock() + timedelta(seconds=pause)
+            self._metrics.paused(self._name, self._trouble, pause, self._pause.failures)
+            return False
+        if self._pause.failures:
+            self._metrics.answers_again(self._name, self._pause.failures)
+        self._pause.reset()
+        self.paused_until = None
+        return len(rows) == limit and not stop.is_set()
+
+    def _record(self, row: DueRow) -> Record:
+        assert row.value is not None and row.revision is not None
+        total = row.code == TOTAL_CODE
+        return Record(
+            enterprise=row.enterprise, code=row.code,
+            data_code=self._settings.total_code if total else row.code,
+            stat_type=row.stat_type, period_start=row.period_start, value=float(row.value),
+            valid=bool(row.valid), scope=1 if total else (row.scope or scope_of(row.code)),
+            input_type=row.input_type or 4, revision=row.revision, attempts=row.attempts)
+
+    def _halted(self, stop: asyncio.Event) -> bool:
+        """No new request: stopping, or the target failed in a way that pauses it."""
+        return stop.is_set() or self._trouble is not None
+
+    async def _deliver_enterprise(self, enterprise: str, records: list[Record], items: list[ItemRow],
+                                  out: Outcomes, sem: asyncio.Semaphore, stop: asyncio.Event) -> None:
+        if self._halted(stop):
+            return
+        try:
+            registration = await self.devices.ready(enterprise, records, items, sem)
+        except RetryableError as exc:
+            self._retry(records, exc, out, sent=False)
+            return
+        n = self._chunk
+        async with asyncio.TaskGroup() as tg:
+            for i in range(0, len(records), n):
+                tg.create_task(self._deliver_chunk(enterprise, registration, records[i:i + n], out, sem, stop))
+
+    async def _deliver_chunk(self, enterprise: str, registration: Registration, chunk: Sequence[Record],
+                             out: Outcomes, sem: asyncio.Semaphore, stop: asyncio.Event) -> None:
+        async with sem:
+            if self._halted(stop):
+                return  # abandoned before it started: the rows stay due, untouched
+            uploaded_at = self._clock()
+            t0 = _time.monotonic()
+            try:
+                await self._adapter.write(enterprise, registration, chunk, uploaded_at)
+            except RetryableError as exc:
+                self._data_request(exc, t0, len(chunk))
+                self._retry(chunk, exc, out, sent=True)
+                if exc.reason in ("response_code", "bad_reply"):
+                    # Perhaps the platform forgot our device: register and configure anew.
+                    self.devices.forget(enterprise)
+                return
+            except RejectedError as exc:
+                self._data_request(exc, t0, len(chunk))
+                rejection = exc
+            else:
+                self._data_request(None, t0, len(chunk))
+                out.acked.extend((r, uploaded_at) for r in chunk)
+                self._metrics.acked(self._name, len(chunk))
+                return
+        if len(chunk) > 1:  # find the records the platform refuses
+            mid = len(chunk) // 2
+            await self._deliver_chunk(enterprise, registration, chunk[:mid], out, sem, stop)
+            await self._deliver_chunk(enterprise, registration, chunk[mid:], out, sem, stop)
+            return
+        record = chunk[0]
+        out.rejected.append((record, rejection.status, rejection.message))
+        self._metrics.rejected(self._name, record, rejection.status, rejection.message, self._tz)
+
+    def _data_request(self, exc: Exception | None, t0: float, n_records: int) -> None:
+        self._metrics.request(self._name, "data", call_outcome(exc), _time.monotonic() - t0, records=n_records)
+
+    def _retry(self, records: Sequence[Record], exc: RetryableError, out: Outcomes, *, sent: bool) -> None:
+        now = self._clock()
+        s = self._settings
+        for r in records:
+            delay = backoff_delay(r.attempts + 1, s.backoff_min_s, s.backoff_max_s, self._rng)
+            delay = max(delay, exc.retry_after_s or 0.0)
+            out.retried.append((r, now + timedelta(seconds=delay), str(exc)[:500], sent))
+        self._metrics.retried(self._name, exc.reason, len(records))
+        if exc.pauses_target and self._trouble is None:
+            self._trouble = exc
