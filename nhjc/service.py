@@ -423,11 +423,9 @@ class Service:
             ("aggregator", runner(aggregator, p.interval_ms / 1000).run(stop)),
             ("completeness", runner(completeness, p.completeness_interval_s).run(stop)),
         ]
-        targets = {name: t for name, t in s.uplink.targets.items() if t.enabled}
-        if targets:
-            self.uplink = Uplink(self.pool, targets, timezone=p.timezone, registry=self.registry,
-                                 interval_s=s.uplink.interval_ms / 1000, settle_s=s.uplink.settle_s,
-                                 health=self.health)
+        if any(t.enabled for t in s.uplink.targets.values()):
+            self.uplink = Uplink(self.pool, s.uplink, zone=p.zone, registry=self.registry,
+                                 health=self.health, events=self.events)
             stages.append(("uplink", self.uplink.run(stop)))
         return stages
 
