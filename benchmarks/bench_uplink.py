@@ -13,12 +13,16 @@ import time
 from datetime import timedelta
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
+from config.settings import UplinkSettings
 from ingest.credit_code import check_character
+from runtime.dberrors import DatabaseHealth
+from runtime.runner import RunnerEvents
 from tests.services import drop_database, migrated_database
-from tests.test_uplink_support import PIN, SM4_KEY, TZ_NAME, FakeClock, local, target
+from tests.test_uplink_support import PIN, SM4_KEY, TZ, FakeClock, local, target
 from tools.platform.mock import MockPlatform
-from uplink.runner import Uplink
+from uplink.stage import Uplink
 
 START = local(2026, 11, 28, 8, 0)
 
@@ -49,7 +53,10 @@ async def deliver(dsn: str, flavour: str, expected: int, n_periods: int, concurr
         try:
             settings = target(platform.url, flavour=flavour, batch_size=200, concurrency=concurrency,
                               backfill_days=1)
-            uplink = Uplink(pool, {flavour: settings}, timezone=TZ_NAME, clock=clock, interval_s=0.01)
+            registry = CollectorRegistry()
+            uplink = Uplink(pool, UplinkSettings(targets={flavour: settings}, interval_ms=10), zone=TZ,
+                            clock=clock, registry=registry, health=DatabaseHealth(registry),
+                            events=RunnerEvents(registry))
             stop = asyncio.Event()
             t = time.perf_counter()
             task = asyncio.create_task(uplink.run(stop))

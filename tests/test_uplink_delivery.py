@@ -5,6 +5,7 @@ data changes it."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,9 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from config.settings import TargetSettings
+from config.settings import TargetSettings, UplinkSettings
+from runtime.dberrors import DatabaseHealth
+from runtime.runner import RunnerEvents
 from tests.test_uplink_support import (
     E1,
     E2,
@@ -23,7 +26,7 @@ from tests.test_uplink_support import (
     SM4_KEY,
     TOTAL,
     TOTAL_CODE,
-    TZ_NAME,
+    TZ,
     FakeClock,
     add_items,
     get_json,
@@ -37,7 +40,7 @@ from tests.test_uplink_support import (
     wait_until,
 )
 from tools.platform.mock import MockPlatform
-from uplink.runner import Uplink
+from uplink.stage import Uplink
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -79,10 +82,12 @@ def wire_key(e: str, code: str, st: int, start: datetime) -> tuple[str, str, int
 @contextlib.asynccontextmanager
 async def uplink_for(dsn: str, targets: dict[str, TargetSettings], clock: FakeClock,
                      registry: CollectorRegistry | None = None) -> AsyncIterator[Uplink]:
+    registry = registry or CollectorRegistry()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=6)
     try:
-        yield Uplink(pool, targets, timezone=TZ_NAME, clock=clock, interval_s=0.02, settle_s=0.2,
-                     registry=registry or CollectorRegistry())
+        yield Uplink(pool, UplinkSettings(targets=targets, interval_ms=20, settle_s=0.2), zone=TZ,
+                     clock=clock, registry=registry, health=DatabaseHealth(registry),
+                     events=RunnerEvents(registry))
     finally:
         await pool.close()
 
@@ -105,7 +110,7 @@ async def test_every_due_period_reaches_both_targets_with_the_right_fields(db: s
                        clock, registry) as up:
         async with running(up):
             for p in (prov, nat):
-                await wait_until(lambda p=p: has(p.url, expected), f"everything due at {p.name}")
+                await wait_until(functools.partial(has, p.url, expected), f"everything due at {p.name}")
             await loops(up)
         for p in (prov, nat):
             got = await received(p.url)
@@ -161,7 +166,7 @@ async def test_schedule_and_late_data(db: str) -> None:
 
         async def resent() -> bool:
             r = (await received(prov.url))[key]
-            return r["count"] == 2 and r["dataValue"] == 222.0
+            return bool(r["count"] == 2 and r["dataValue"] == 222.0)
 
         await wait_until(resent, "the changed period sent again")
         assert prov.stats()["resends"] == 1  # only that one
@@ -206,7 +211,7 @@ async def test_a_change_committed_late_with_an_older_revision_is_not_missed(db: 
             await put(b, E2, GAS, 0, local(2026, 11, 28, 12, 0), 88.0)   # revision r+1, committed
 
             async def b_resent() -> bool:
-                return (await received(prov.url))[b_key]["dataValue"] == 88.0
+                return bool((await received(prov.url))[b_key]["dataValue"] == 88.0)
 
             await wait_until(b_resent, "the later revision")
             await loops(up)  # the runner has looked past both revisions by now
@@ -216,7 +221,7 @@ async def test_a_change_committed_late_with_an_older_revision_is_not_missed(db: 
             await b.close()
 
         async def a_resent() -> bool:
-            return (await received(prov.url))[a_key]["dataValue"] == 77.0
+            return bool((await received(prov.url))[a_key]["dataValue"] == 77.0)
 
         await wait_until(a_resent, "the change committed late")
 

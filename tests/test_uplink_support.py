@@ -4,7 +4,7 @@ a condition over real HTTP or the database.
 
 No test sleeps for a fixed time and then asserts: they wait for a condition (with a
 generous safety limit that only matters when something is broken) or for the runner
-to have completed whole loops since the world changed.
+to have completed whole steps since the world changed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import asyncpg
 
 from config.settings import TargetSettings
 from ingest.credit_code import check_character
-from uplink.runner import Uplink
+from uplink.stage import Uplink
 
 TZ_NAME = "Asia/Shanghai"
 TZ = ZoneInfo(TZ_NAME)
@@ -37,8 +37,8 @@ SM4_KEY = "0123456789abcdeffedcba9876543210"
 PIN = "246810"
 
 
-def local(*args: int) -> datetime:
-    return datetime(*args, tzinfo=TZ)  # type: ignore[misc]
+def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=TZ)
 
 
 class FakeClock:
@@ -103,14 +103,14 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str, *, clock: 
 
 
 async def loops(uplink: Uplink, n: int = 2) -> None:
-    """Wait until every target has run ``n`` more whole loops: whatever the world
-    looked like before, every runner has planned and sent against it since."""
-    start = {name: r.loops for name, r in uplink.runners.items()}
+    """Wait until every target has run ``n`` more whole steps: whatever the world
+    looked like before, every target has planned and sent against it since."""
+    start = {name: r.steps for name, r in uplink.runners.items()}
 
     async def done() -> bool:
-        return all(r.loops >= start[name] + n for name, r in uplink.runners.items())
+        return all(r.steps >= start[name] + n for name, r in uplink.runners.items())
 
-    await wait_until(done, f"{n} loops of every target")
+    await wait_until(done, f"{n} steps of every target")
 
 
 @contextlib.asynccontextmanager
@@ -145,7 +145,9 @@ async def received(base: str) -> dict[tuple[str, str, int, str], dict[str, Any]]
 async def outbox(dsn: str, target_name: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetch("SELECT * FROM uplink_outbox WHERE target = $1"
-                                " ORDER BY enterprise, code, stat_type, period_start", target_name)
+        rows: list[asyncpg.Record] = await conn.fetch(
+            "SELECT * FROM uplink_outbox WHERE target = $1"
+            " ORDER BY enterprise, code, stat_type, period_start", target_name)
+        return rows
     finally:
         await conn.close()
