@@ -77,7 +77,7 @@ class Delivery:
             if not math.isfinite(record.value):
                 reason = "value is not a finite number (not sent)"
                 out.rejected.append((record, 0, reason))
-                self._metrics.not_sendable(self._name, record, reason)
+                self._metrics.not_sendable(self._name, record, reason, self._tz)
                 continue
             by_enterprise.setdefault(row.enterprise, []).append(record)
         self._trouble = None

@@ -97,11 +97,12 @@ class UplinkMetrics:
         log.warning("uplink %s: rejected %s %s statType %d %s: HTTP %d %s", target, record.enterprise,
                     record.data_code, record.stat_type, record.period_start.astimezone(zone), status, message)
 
-    def not_sendable(self, target: str, record: Record, reason: str) -> None:
-        """A record refused before sending (a value that is not a finite number)."""
+    def not_sendable(self, target: str, record: Record, reason: str, zone: ZoneInfo) -> None:
+        """A record refused before sending (a value that is not a finite number): kept
+        as rejected, like one the platform refused."""
         self._rejected.labels(target).inc()
         log.warning("uplink %s: rejected %s %s statType %d %s: %s", target, record.enterprise,
-                    record.data_code, record.stat_type, record.period_start.isoformat(), reason)
+                    record.data_code, record.stat_type, record.period_start.astimezone(zone), reason)
 
     def retried(self, target: str, reason: str, n: int) -> None:
         self._retries.labels(target, reason).inc(n)
