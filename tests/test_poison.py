@@ -78,6 +78,9 @@ class AckLog:
     def forget(self, handles: list[object]) -> None:
         self.forgotten.extend(handles)
 
+    def pause(self) -> None:
+        """Shutdown: nothing more is read (nothing is, here)."""
+
 
 async def batcher_for(pool: asyncpg.Pool | None, queue: asyncio.Queue[Message], codes: dict[str, frozenset[str]],
                       metrics: IngestMetrics) -> Batcher:
