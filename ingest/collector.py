@@ -2,7 +2,7 @@
 
 - MQTT 5, fixed client id, clean start off and a session expiry: the broker keeps our
   subscriptions and queues messages while we are away.
-- QoS 1 with manual acknowledgement: a message is acknowledged only when the service
+- QoS 1 with manual acknowledgement: a message is acknowledged only when the ingest stage
   says its rows are committed (``ack``).
 - The receive window is ours to keep: at most ``receive_maximum`` messages are inside
   the process (received, not yet handed back to ``ack``), whatever the broker sends.
