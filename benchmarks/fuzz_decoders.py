@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from ingest.frames import FrameLimits, decode_readings, pg_storable
+from ingest.frames import DEFAULT_LIMITS, decode_readings, pg_storable
 from ingest.items import ItemsError, parse_items_file_bytes, parse_items_payload
 from ingest.topics import parse_topic
 
@@ -150,7 +150,7 @@ def main() -> int:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     topic = parse_topic(TOPIC)
-    limits = FrameLimits()
+    limits = DEFAULT_LIMITS
     escaped: collections.Counter[str] = collections.Counter()
     examples: dict[str, bytes] = {}
     unsafe = rows = quarantined = items_errors = 0

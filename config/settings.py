@@ -204,6 +204,8 @@ class MqttSettings(_Section):
     def _files(self) -> MqttSettings:
         _from_file(self, "password")
         _check_tls(self.ca_file, self.cert_file, self.key_file)
+        if self.reconnect_max_s < self.reconnect_min_s:  # the backoff needs min <= max
+            raise _Fault("reconnect_max_s", "is below reconnect_min_s")
         return self
 
 
@@ -282,9 +284,16 @@ class IngestSettings(_Section):
     # Readings older than this at arrival are stored, flagged "late".
     late_horizon_s: float = Field(7 * 86400.0, gt=0)
     # After a failed commit (the database away) the batch is tried again after this
-    # pause, doubling up to pause_max_s; nothing is acknowledged meanwhile.
+    # pause, doubling up to pause_max_s; nothing is acknowledged meanwhile.  The items
+    # registry's look-ups wait the same way.
     pause_min_s: float = Field(0.2, gt=0)
     pause_max_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _pauses(self) -> IngestSettings:
+        if self.pause_max_s < self.pause_min_s:  # the backoff needs min <= max
+            raise _Fault("pause_max_s", "is below pause_min_s")
+        return self
 
 
 class ProcessingSettings(_Section):

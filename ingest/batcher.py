@@ -4,7 +4,7 @@ or ``batch_ms`` after the first message, whichever comes first.
 Every message ends as a batch part carrying its handle, whatever its content: an error
 while decoding or validating it becomes a ``decode_failed`` quarantine row, items the
 database refuses a ``bad_item`` row.  Only the database being away holds a message up
-(the service hands in database calls that retry until it answers); nothing a gateway
+(the stage hands in database calls that retry until it answers); nothing a gateway
 sends stops the loop.
 """
 
@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from config.settings import IngestSettings
 from ingest.batch import Quarantined, ReadingBatch, Source, error_detail
 from ingest.collector import Message
 from ingest.frames import FrameLimits, decode_readings
@@ -54,24 +55,25 @@ class RegistryCache:
 
 
 class Batcher:
+    """Takes messages from ``queue`` (the collector's) and makes batches of them, as
+    ``settings`` say: their size, and the frame limits decoding applies."""
+
     def __init__(
         self,
-        queue: asyncio.Queue[Message],
+        settings: IngestSettings,
         *,
+        queue: asyncio.Queue[Message],
         registry: RegistryCache,
         apply_items: Callable[[list[ItemSpec], str], Awaitable[object]],
-        limits: FrameLimits,
-        batch_rows: int,
-        batch_ms: int,
         metrics: IngestMetrics,
     ) -> None:
         self._queue = queue
         self._registry = registry
         self._apply_items = apply_items  # all of one message's items in one transaction
         self._metrics = metrics
-        self._limits = limits
-        self._batch_rows = batch_rows
-        self._batch_s = batch_ms / 1000
+        self._limits = FrameLimits.of(settings)
+        self._batch_rows = settings.batch_rows
+        self._batch_s = settings.batch_ms / 1000
 
     async def next_batch(self, stop: asyncio.Event) -> ReadingBatch | None:
         """The next batch; None once ``stop`` is set and nothing is waiting."""

@@ -2,7 +2,7 @@
 
 - MQTT 5, fixed client id, clean start off and a session expiry: the broker keeps our
   subscriptions and queues messages while we are away.
-- QoS 1 with manual acknowledgement: a message is acknowledged only when the service
+- QoS 1 with manual acknowledgement: a message is acknowledged only when the ingest stage
   says its rows are committed (``ack``).
 - The receive window is ours to keep: at most ``receive_maximum`` messages are inside
   the process (received, not yet handed back to ``ack``), whatever the broker sends.
@@ -16,7 +16,7 @@
   than the keepalive ends the connection (paho's keepalive time-out).  We reconnect
   once the window has room again; the broker redelivers what the old connection left
   unacknowledged and the database keys absorb the duplicates.
-- Reconnects with jittered exponential backoff.  Handles of a previous connection are
+- Reconnects with the jittered exponential backoff of ``runtime.backoff``.  Handles of a previous connection are
   never acknowledged on a new one (packet ids are reused): they still leave the window
   when handed to ``ack``, and the broker redelivers their messages.
 """
@@ -27,21 +27,22 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from config.settings import MqttSettings, secret_value
 from ingest.topics import subscriptions
+from runtime.backoff import Backoff
 
 __all__ = ["Collector", "Handle", "Message"]
 
@@ -64,32 +65,18 @@ class Message:
 
 
 class Collector:
-    def __init__(
-        self,
-        *,
-        url: str,
-        client_id: str,
-        username: str | None = None,
-        password: str | None = None,
-        ca_file: Path | None = None,
-        cert_file: Path | None = None,
-        key_file: Path | None = None,
-        keepalive_s: int = 30,
-        receive_maximum: int = 2000,
-        session_expiry_s: int = 7 * 86400,
-        reconnect_min_s: float = 0.5,
-        reconnect_max_s: float = 30.0,
-        share_group: str = "",
-        on_state: Any = None,
-    ) -> None:
-        parts = urlsplit(url)
+    """One connection to the broker, kept up until ``run``'s ``done`` is set.
+    ``on_state(connected)`` is called on every connect and disconnect."""
+
+    def __init__(self, settings: MqttSettings, *, on_state: Callable[[bool], None] | None = None) -> None:
+        parts = urlsplit(settings.url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        self._keepalive = keepalive_s
-        self._receive_maximum = receive_maximum
-        self._session_expiry = session_expiry_s
-        self._backoff = (reconnect_min_s, reconnect_max_s)
-        self._topics = subscriptions(share_group)
+        self._keepalive = settings.keepalive_s
+        self._receive_maximum = settings.receive_maximum
+        self._session_expiry = settings.session_expiry_s
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._topics = subscriptions(settings.share_group)
         self._on_state = on_state or (lambda connected: None)
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         self.connected = False
@@ -112,14 +99,15 @@ class Collector:
         self._misc: asyncio.Task[None] | None = None
 
         c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
             reconnect_on_failure=False,  # we reconnect ourselves, with backoff
         )
-        if username is not None:
-            c.username_pw_set(username, password)
+        if settings.username is not None:
+            c.username_pw_set(settings.username, secret_value(settings.password))
+        ca_file, cert_file, key_file = settings.ca_file, settings.cert_file, settings.key_file
         if parts.scheme == "mqtts" or ca_file or cert_file:
             c.tls_set(
                 ca_certs=str(ca_file) if ca_file else None,
@@ -261,7 +249,8 @@ class Collector:
         else:
             self._held_qos0 += 1
         self._window_changed()
-        self.queue.put_nowait(Message(msg.topic, msg.payload, received, handle))
+        payload = msg.payload if type(msg.payload) is bytes else bytes(msg.payload)
+        self.queue.put_nowait(Message(msg.topic, payload, received, handle))
 
     # --- public ---
     def ack(self, handles: Iterable[Handle]) -> int:
@@ -308,7 +297,7 @@ class Collector:
     async def run(self, done: asyncio.Event) -> None:
         """Stay connected until ``done`` is set, then disconnect (keeping the session)."""
         self._loop = asyncio.get_running_loop()
-        delay = self._backoff[0]
+        self._backoff.reset()
         while not done.is_set():
             if not self._room.is_set():
                 # A connection lost while the window was full (a pause longer than the
@@ -319,7 +308,7 @@ class Collector:
                 continue
             self._connected_evt.clear()
             self._disconnected_evt.clear()
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self._session_expiry
             props.ReceiveMaximum = self._receive_maximum
             connect = functools.partial(
@@ -338,12 +327,11 @@ class Collector:
                 lost.cancel()
                 finished.cancel()
                 if self.connected:
-                    delay = self._backoff[0]  # a working connection resets the backoff
+                    self._backoff.reset()  # a working connection starts the next streak afresh
                 if done.is_set():
                     break
-            # Full jitter: spread reconnecting instances so a broker restart is not stormed.
-            await self._interruptible_sleep(random.uniform(0, delay), done)
-            delay = min(delay * 2, self._backoff[1])
+            # Jittered: reconnecting instances do not storm a broker that restarted.
+            await self._interruptible_sleep(self._backoff.next_delay(), done)
         await self._disconnect()
 
     async def _wait_room(self, done: asyncio.Event) -> None:

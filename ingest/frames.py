@@ -1,4 +1,4 @@
-"""Decoding readings frames (WIRE §1) into a columnar batch.
+"""Decoding readings frames (docs/wire.md) into a columnar batch.
 
 A frame that cannot be read at all (not JSON, wrong shape, too large, wrong version) is
 quarantined whole.  Otherwise each reading is judged on its own: the good ones become
@@ -23,12 +23,13 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import orjson
 
+from config.settings import IngestSettings
 from ingest.batch import READING_DTYPE, Quarantined, ReadingBatch
 from ingest.quality import EARLY, LATE
 from ingest.topics import Topic
 
 __all__ = [
-    "MAX_ABS_VALUE", "REASONS", "FrameLimits", "decode_readings", "describe", "encode_json",
+    "DEFAULT_LIMITS", "MAX_ABS_VALUE", "REASONS", "FrameLimits", "decode_readings", "describe", "encode_json",
     "normalise_code", "pg_storable", "pg_text",
 ]
 
@@ -54,10 +55,23 @@ _MAX_SEQ = 2**64 - 1
 
 @dataclass(frozen=True, slots=True)
 class FrameLimits:
-    max_frame_bytes: int = 256 * 1024
-    max_readings: int = 5000
-    early_tolerance_s: float = 300.0
-    late_horizon_s: float = 7 * 86400.0
+    """What a frame may hold and how its readings' times are judged: the ingest settings
+    the decoder needs, in the shape it reads in its loop."""
+
+    max_frame_bytes: int
+    max_readings: int
+    early_tolerance_s: float
+    late_horizon_s: float
+
+    @classmethod
+    def of(cls, settings: IngestSettings) -> FrameLimits:
+        return cls(settings.max_frame_bytes, settings.max_readings_per_frame,
+                   settings.early_tolerance_s, settings.late_horizon_s)
+
+
+# The limits of the default settings, for callers without settings of their own
+# (benchmarks, fuzzers).
+DEFAULT_LIMITS = FrameLimits.of(IngestSettings())
 
 
 def pg_storable(text: str | None) -> bool:
@@ -161,7 +175,7 @@ def _parse_ts(ts: object, cache: dict[str, int | None]) -> int | None:
     t = type(ts)
     if t is str:
         if ts not in cache:  # frames repeat a handful of timestamps many times
-            cache[ts] = _parse_iso(ts)  # type: ignore[arg-type]
+            cache[ts] = _parse_iso(ts)  # type: ignore[arg-type, index]
         return cache[ts]  # type: ignore[index]
     # Compared before any conversion: an integer of 400 digits is legal JSON.  NaN fails.
     if (t is int or t is float) and -1e11 <= ts <= 1e11:  # type: ignore[operator]
@@ -196,7 +210,7 @@ def decode_readings(
     received_at_us: int,
     *,
     known_codes: Container[str],
-    limits: FrameLimits = FrameLimits(),
+    limits: FrameLimits = DEFAULT_LIMITS,
 ) -> ReadingBatch:
     """Decode one readings frame; known_codes are this enterprise's registered item codes."""
     safe_topic = pg_text(topic_name)

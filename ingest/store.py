@@ -128,7 +128,7 @@ def _quarantine_record(q: Quarantined) -> tuple[object, ...]:
 
 
 class Store:
-    """Writes batches; one instance per service, sharing the pool."""
+    """Writes batches; one instance per ingest stage, sharing the pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool

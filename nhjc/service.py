@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine
+from typing import Any
 
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from config.settings import Settings, secret_value
-from ingest.batch import Quarantined, ReadingBatch, error_detail
-from ingest.batcher import Batcher, RegistryCache
-from ingest.collector import Collector
-from ingest.frames import FrameLimits
-from ingest.items import ItemSpec
+from config.settings import Settings
 from ingest.metrics import IngestMetrics
-from ingest.registry import known_codes, upsert_items
-from ingest.store import Store
+from ingest.stage import IngestStage
 from nhjc.http import HttpEndpoint
+from nhjc.probe import DatabaseProbe
 from nhjc.startup import describe
 from processing.aggregator import Aggregator
 from processing.completeness import CompletenessUpdater
@@ -41,14 +34,10 @@ __all__ = ["SchemaError", "Service", "main_run"]
 log = logging.getLogger("nhjc.service")
 
 SHUTDOWN_GRACE_S = 10.0
-COMPLETENESS_INTERVAL_S = 60.0
 # The readiness probe: SELECT 1 this often, on a connection of its own, each try with
 # this deadline; a stall is reported within PROBE_EVERY_S + PROBE_DEADLINE_S.
 PROBE_EVERY_S = 1.0
 PROBE_DEADLINE_S = 2.0
-RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
-
-T = TypeVar("T")
 
 
 def _quiet_database_leftovers(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -82,226 +71,37 @@ class Service:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = IngestMetrics(self.registry)
+        # What every stage and the probe last found; one log line per change of state.
+        self.health = DatabaseHealth(self.registry, on_change=self.metrics.database_changed)
+        self.events = RunnerEvents(self.registry)  # every runner's, one set per registry
         self.pool: asyncpg.Pool | None = None
-        self.collector: Collector | None = None
+        self.ingest: IngestStage | None = None
         self.http: HttpEndpoint | None = None
         self.uplink: Uplink | None = None
-        self._stopping = asyncio.Event()  # stop reading; drain what is in hand
-        self._ingest_done = asyncio.Event()  # everything in hand committed and acknowledged
-        self._finished = asyncio.Event()  # every stage has returned
-        # What every stage and the probe last found; one log line per change of state.
-        self.health = DatabaseHealth(self.registry, on_change=lambda up: self.metrics.database_up.set(1 if up else 0))
-        self.events = RunnerEvents(self.registry)  # the stage runners' events, one set per registry
 
     # --- readiness -----------------------------------------------------------------
     def ready(self) -> dict[str, bool]:
-        return {"broker": bool(self.collector and self.collector.connected), "database": self.health.up is True}
+        return {"broker": bool(self.ingest and self.ingest.connected), "database": self.health.up is True}
 
     def not_ready_reasons(self) -> dict[str, str]:
         """Why the parts that are down are down (for /readyz)."""
         reasons = {}
         if self.health.up is not True:
             reasons["database"] = self.health.reason or "not checked yet"
-        if not (self.collector and self.collector.connected):
+        if not (self.ingest and self.ingest.connected):
             reasons["broker"] = "not connected"
         return reasons
 
-    def _db_state(self, ok: bool, exc: BaseException | None = None, stage: str = "ingest") -> None:
-        if ok:
-            self.health.succeeded(stage)
-        else:
-            self.health.failed(stage, exc or ConnectionError("database unavailable"))
-
-    async def _watch_database(self) -> None:
-        """The readiness probe.  Not a wait for a pooled connection (all of them may be
-        stuck in a stall): its own connection, reconnected when lost, and a deadline."""
-        loop = asyncio.get_running_loop()
-        conn: asyncpg.Connection | None = None
+    async def _watch_database(self, stop: asyncio.Event) -> None:
+        """The readiness probe, stepped every PROBE_EVERY_S (after a failure too: the
+        pause is that long) until ``stop``."""
+        probe = DatabaseProbe(self.settings.database, deadline_s=PROBE_DEADLINE_S)
+        runner = StageRunner(probe, interval_s=PROBE_EVERY_S, pause_min_s=PROBE_EVERY_S, pause_max_s=PROBE_EVERY_S,
+                             health=self.health, events=self.events)
         try:
-            while not self._stopping.is_set():
-                started = loop.time()
-                conn, exc = await self._probe(conn)
-                if exc is None:
-                    self.health.succeeded("probe")
-                else:
-                    self.health.failed("probe", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), max(0.0, PROBE_EVERY_S - (loop.time() - started)))
+            await runner.run(stop)
         finally:
-            if conn is not None:
-                conn.terminate()
-
-    async def _probe(self, conn: asyncpg.Connection | None) -> tuple[asyncpg.Connection | None, BaseException | None]:
-        """SELECT 1 within PROBE_DEADLINE_S: (the connection to keep, None) or (None, the
-        error).  A lost connection (terminated, the server restarted) is replaced at once
-        within the same deadline, so it alone never makes the service unready."""
-        try:
-            async with asyncio.timeout(PROBE_DEADLINE_S):
-                while True:
-                    reused = conn is not None
-                    try:
-                        if conn is None:
-                            conn = await asyncpg.connect(self.settings.database.dsn(), timeout=PROBE_DEADLINE_S,
-                                                         server_settings={"application_name": "nhjc-probe"})
-                        await conn.fetchval("SELECT 1")
-                        return conn, None
-                    except Exception as exc:
-                        if conn is not None:
-                            conn.terminate()
-                            conn = None
-                        if isinstance(exc, TimeoutError) or not reused:
-                            raise
-        except TimeoutError:
-            if conn is not None:
-                conn.terminate()
-            return None, TimeoutError(f"no answer to SELECT 1 within {PROBE_DEADLINE_S:.0f}s")
-        except Exception as exc:  # refused, a bad password, anything: not ready, and why
-            return None, exc
-
-    def _until_database(self, stage: str, op: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-        """op, retried with backoff while the database is away.  For the ingest's own
-        look-ups (the items registry): the message in hand stays unacknowledged meanwhile,
-        and shutdown's grace period bounds the wait."""
-        async def retrying(*args: Any) -> T:
-            delay = RETRY_MIN_S
-            while True:
-                try:
-                    result = await op(*args)
-                except Exception as exc:
-                    if not is_retryable(exc):
-                        raise
-                    self.health.failed(stage, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_S)
-                    continue
-                self.health.succeeded(stage)
-                return result
-
-        return retrying
-
-    # --- ingest ----------------------------------------------------------------------
-    async def _apply_items(self, items: list[ItemSpec], source: str) -> None:
-        """One message's items, in one transaction (all or none).  Handed to the batcher
-        wrapped in ``_until_database``: the database being away is retried there, and any
-        other error reaches the batcher, which quarantines the message."""
-        assert self.pool is not None
-        async with self.pool.acquire() as conn:
-            changed = await upsert_items(conn, items, source)
-        if changed:
-            log.info("items registry: %d item(s) changed from %s", changed, source)
-
-    async def _commit(self, batch: ReadingBatch, store: Store) -> bool:
-        """Write the batch and acknowledge its messages, retrying while the database is
-        away.  False when shutdown came before the database did (nothing acknowledged:
-        the broker redelivers).
-
-        An error that is not the infrastructure's is a fault of some message's content:
-        the batch is split in halves, each committed on its own, down to the one message
-        at fault, which is quarantined whole (``store_rejected``).  Bisecting finds one bad
-        message among n in about 2·log2(n) commits instead of n, and a batch that fails
-        only as a whole (its messages each fine) is simply committed in parts."""
-        started = time.perf_counter()
-        try:
-            written = await self._write(batch, store)
-        except Exception as exc:  # not retryable: _write retries those
-            if batch.messages > 1:
-                first, second = batch.halves()
-                return await self._commit(first, store) and await self._commit(second, store)
-            return await self._reject(batch, store, exc)
-        if written is None:
-            return False
-        self._committed(batch, written, time.perf_counter() - started)
-        return True
-
-    async def _write(self, batch: ReadingBatch, store: Store) -> int | None:
-        """store.write with retries on the database's errors; None when shutdown gave up."""
-        delay = RETRY_MIN_S
-        give_up_at: float | None = None
-        while True:
-            try:
-                written = await store.write(batch)
-                self._db_state(True)
-                return written
-            except RETRYABLE as exc:
-                self._db_state(False, exc)
-                self.metrics.write_retries.inc()
-            if self._stopping.is_set():
-                give_up_at = give_up_at or time.monotonic() + SHUTDOWN_GRACE_S
-                if time.monotonic() > give_up_at:
-                    return None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
-
-    async def _reject(self, batch: ReadingBatch, store: Store, exc: Exception) -> bool:
-        """The store refused one message's content: keep the message whole in quarantine
-        instead.  Should even that row be refused, a minimal one (ASCII text, the raw bytes
-        as bytea); should that be refused too, the message stays unacknowledged (its place
-        in the window freed; the broker redelivers it on the next connection) and
-        ingestion goes on: never a loop."""
-        detail = f"the store refused it: {error_detail(exc)}"
-        src = batch.sources[0] if batch.sources else None
-        assert self.collector is not None
-        if src is None:  # a batch not from the batcher: nothing to quarantine it as
-            self.metrics.message_failed("store", "(unknown)", exc, "left unacknowledged")
-            self.collector.forget(batch.handles)
-            return True
-        self.metrics.message_failed("store", src.topic, exc)
-        attempts = [
-            Quarantined(src.received_at_us, src.topic, src.enterprise, "store_rejected", detail, src.payload),
-            Quarantined(time.time_ns() // 1000, ascii(src.topic[:200]), None, "store_rejected", detail, src.payload),
-        ]
-        for q in attempts:
-            row = ReadingBatch.empty([q], frames=src.frames)
-            row.handles = list(batch.handles)
-            started = time.perf_counter()
-            try:
-                written = await self._write(row, store)
-            except Exception as again:
-                self.metrics.message_failed("store", src.topic, again, "quarantine row refused")
-                continue
-            if written is None:
-                return False
-            self._committed(row, written, time.perf_counter() - started)
-            return True
-        log.error("message on %s could not be stored nor quarantined; left unacknowledged", ascii(src.topic[:200]))
-        self.collector.forget(batch.handles)
-        return True
-
-    def _committed(self, batch: ReadingBatch, written: int, seconds: float) -> None:
-        assert self.collector is not None
-        self.collector.ack(batch.handles)
-        now_us = time.time_ns() // 1000
-        rows = batch.rows
-        self.metrics.batch_committed(
-            frames=batch.frames,
-            accepted=len(rows),
-            quarantine_reasons=[(q.reason, q.level) for q in batch.quarantine],
-            seconds=seconds,
-            reading_lag_s=(now_us - int(rows["ts"].max())) / 1e6 if len(rows) else None,
-            receive_lag_s=(now_us - int(rows["received_at"].min())) / 1e6 if len(rows) else None,
-        )
-        log.debug("committed %d readings (%d new or changed), %d quarantined", len(rows), written, len(batch.quarantine))
-
-    async def _ingest(self, batcher: Batcher, store: Store) -> None:
-        # One commit in flight while the next batch is gathered and decoded: the database
-        # and our decoding work at the same time, and commits (so acks) stay in order.
-        committing: asyncio.Task[bool] | None = None
-        try:
-            while True:
-                batch = await batcher.next_batch(self._stopping)
-                if committing is not None and not await committing:
-                    log.warning("shutting down with a batch uncommitted; the broker keeps it")
-                    break
-                committing = None
-                if batch is None:
-                    break
-                committing = asyncio.create_task(self._commit(batch, store), name="commit")
-            if committing is not None:
-                await committing
-        finally:
-            if committing is not None and not committing.done():
-                committing.cancel()
-            self._ingest_done.set()
+            probe.close()
 
     # --- lifecycle ---------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -325,71 +125,55 @@ class Service:
             except TimeoutError:  # asyncpg's says nothing: name what timed out
                 raise TimeoutError(f"no answer within {s.database.connect_timeout_s:g}s "
                                    "(database.connect_timeout_s)") from None
-            self._db_state(True, stage="start")
-            pool = self.pool
-            registry_cache = RegistryCache(self._until_database("registry", lambda: known_codes(pool)))
-            await registry_cache.reload(force=True)
-            m = s.mqtt
-            self.collector = Collector(
-                url=m.url, client_id=m.client_id, username=m.username, password=secret_value(m.password),
-                ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file,
-                keepalive_s=m.keepalive_s, receive_maximum=m.receive_maximum,
-                session_expiry_s=m.session_expiry_s, reconnect_min_s=m.reconnect_min_s,
-                reconnect_max_s=m.reconnect_max_s, share_group=m.share_group,
-                on_state=lambda up: self.metrics.broker_up.set(1 if up else 0),
-            )
-            collector = self.collector
-            self.metrics.queue_depth.set_function(collector.queue.qsize)
-            self.metrics.unacked.set_function(lambda: collector.unacked)
-            self.metrics.unacked_peak.set_function(lambda: collector.peak_unacked)
-            self.metrics.window_paused.set_function(lambda: 1 if collector.window_paused else 0)
-            i = s.ingest
-            batcher = Batcher(
-                self.collector.queue, registry=registry_cache,
-                apply_items=self._until_database("items", self._apply_items),
-                limits=FrameLimits(i.max_frame_bytes, i.max_readings_per_frame,
-                                   i.early_tolerance_s, i.late_horizon_s),
-                batch_rows=i.batch_rows, batch_ms=i.batch_ms, metrics=self.metrics,
-            )
-            store = Store(self.pool)
-            http_stop = asyncio.Event()
+            self.health.succeeded("start")
+            ingest = self.ingest = await IngestStage.open(s.ingest, s.mqtt, pool=self.pool, metrics=self.metrics,
+                                                          health=self.health)
+            # The ingest step waits on the broker's messages: it is idle only once finished.
+            ingest_runner = StageRunner(ingest, interval_s=s.ingest.batch_ms / 1000, pause_min_s=s.ingest.pause_min_s,
+                                        pause_max_s=s.ingest.pause_max_s, health=self.health, events=self.events)
+            http_stop, probe_stop = asyncio.Event(), asyncio.Event()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.http.run(http_stop), name="http")
-                tg.create_task(self.collector.run(self._ingest_done), name="collector")
-                ingest = tg.create_task(self._ingest(batcher, store), name="ingest")
-                tg.create_task(self._watch_database(), name="database-watch")
+                tg.create_task(ingest.run_collector(), name="collector")
+                ingesting = tg.create_task(ingest_runner.run(ingest.finished), name="ingest")
+                tg.create_task(self._watch_database(probe_stop), name="database-watch")
                 downstream = [tg.create_task(coro, name=name) for name, coro in self._more_stages(stop)]
                 await stop.wait()
                 log.info("stopping: no new messages; committing what is in hand")
                 stop_by = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_S
-                self.collector.pause()
-                self._stopping.set()
-                gave_up = False
-                try:
-                    await asyncio.wait_for(self._ingest_done.wait(), SHUTDOWN_GRACE_S)
-                except TimeoutError:
-                    gave_up = True
-                    # The database is stuck: leave the batch unacknowledged; the broker
-                    # redelivers it to the next run.
-                    log.warning("commit did not finish in %.0fs; leaving it to redelivery", SHUTDOWN_GRACE_S)
-                    ingest.cancel()
+                ingest.stop()
+                probe_stop.set()
+                gave_up = not await self._finish_ingest(ingest, ingesting)
                 if not await self._stop_downstream(downstream, stop_by) or gave_up:
                     # What was cancelled may still wait on the stalled database (a rollback
                     # on the way out): cut every connection; the server rolls back.
                     self.pool.terminate()
                     # A cancellation that met the cut connection can come back as a
-                    # database error, which the commit would retry: cancel until it stops.
-                    while gave_up and not ingest.done():
-                        ingest.cancel()
-                        await asyncio.wait([ingest], timeout=0.5)
+                    # database error: cancel until the runner stops.
+                    while gave_up and not ingesting.done():
+                        ingesting.cancel()
+                        await asyncio.wait([ingesting], timeout=0.5)
                 http_stop.set()
         finally:
             await self.http.close()  # already closed unless the start failed
             try:  # a graceful close waits on the server: bounded, for a stalled one
                 await asyncio.wait_for(self.pool.close(), PROBE_DEADLINE_S)
-            except (TimeoutError, *RETRYABLE):
+            except RETRYABLE:  # TimeoutError among them
                 self.pool.terminate()
-            self._finished.set()
+
+    @staticmethod
+    async def _finish_ingest(ingest: IngestStage, ingesting: asyncio.Task[None]) -> bool:
+        """Wait SHUTDOWN_GRACE_S for the ingest to commit and acknowledge what is in
+        hand; False when it did not (the database is stuck): the batch is left
+        unacknowledged, and the broker delivers it again to the next run."""
+        try:
+            await asyncio.wait_for(ingest.finished.wait(), SHUTDOWN_GRACE_S)
+            return True
+        except TimeoutError:
+            log.warning("commit did not finish in %.0fs; leaving it to redelivery", SHUTDOWN_GRACE_S)
+            ingest.abandon()
+            ingesting.cancel()
+            return False
 
     @staticmethod
     async def _stop_downstream(tasks: list[asyncio.Task[None]], stop_by: float) -> bool:

@@ -24,6 +24,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from config.settings import MqttSettings
 from ingest.collector import Collector, Message
 from tests.harness import ServiceProcess, count, enterprise_code, item, query, wait_for
 from tests.services import Mosquitto, free_port
@@ -87,8 +88,10 @@ class Drive:
     observed at every message the collector queues."""
 
     def __init__(self, url: str, client_id: str, window: int = WINDOW, **kw) -> None:
-        self.c = Collector(url=url, client_id=client_id, receive_maximum=window, session_expiry_s=600,
-                           reconnect_min_s=0.1, reconnect_max_s=0.5, **kw)
+        settings = MqttSettings(url=url, client_id=client_id, receive_maximum=window, session_expiry_s=600,
+                                reconnect_min_s=0.1, reconnect_max_s=0.5)
+        # model_copy: a keepalive shorter than the settings allow makes the tests quick.
+        self.c = Collector(settings.model_copy(update=kw))
         self.c.queue = _WatchedQueue(self._observe)
         self.done = asyncio.Event()
         self.taken: list[Message] = []

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from ingest.frames import FrameLimits, decode_readings, normalise_code, pg_text
+from config.settings import IngestSettings
+from ingest.frames import DEFAULT_LIMITS, FrameLimits, decode_readings, normalise_code, pg_text
 from ingest.quality import EARLY, LATE
 from ingest.topics import TopicError, parse_topic
 
@@ -18,7 +19,7 @@ NOW_US = 1_764_303_300 * 1_000_000  # 2025-11-28 12:15:00+08:00
 def decode(payload: bytes | str, known=frozenset({CODE}), limits=None):
     if isinstance(payload, str):
         payload = payload.encode()
-    return decode_readings(TOPIC, parse_topic(TOPIC), payload, NOW_US, known_codes=known, limits=limits or FrameLimits())
+    return decode_readings(TOPIC, parse_topic(TOPIC), payload, NOW_US, known_codes=known, limits=limits or DEFAULT_LIMITS)
 
 
 def frame(*readings, **extra) -> str:
@@ -62,7 +63,7 @@ def test_whole_frame_rejections(payload, reason) -> None:
 
 def test_too_many_readings() -> None:
     rs = [{"code": CODE, "ts": 1764303300 - i, "value": 1.0} for i in range(11)]
-    b = decode(frame(*rs), limits=FrameLimits(max_readings=10))
+    b = decode(frame(*rs), limits=FrameLimits.of(IngestSettings(max_readings_per_frame=10)))
     assert [q.reason for q in b.quarantine] == ["too_large"]
 
 

@@ -3,6 +3,7 @@ every quarantine row they make can be stored (its texts are PostgreSQL text: no 
 lone surrogate).  A short budget here; benchmarks/fuzz_decoders.py runs a million inputs.
 """
 
+import dataclasses
 import json
 import math
 
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.batch import ReadingBatch
-from ingest.frames import MAX_ABS_VALUE, REASONS, FrameLimits, decode_readings, pg_storable
+from ingest.frames import DEFAULT_LIMITS, MAX_ABS_VALUE, REASONS, decode_readings, pg_storable
 from ingest.items import (
     ItemsError,
     ItemSpec,
@@ -81,7 +82,7 @@ def test_crafted_frames_never_escape_and_every_row_is_pg_storable(payload) -> No
 def test_frames_of_5000_garbage_readings(seed) -> None:
     payload = garbage_frame(seed)
     b = decode_readings(TOPIC, parse_topic(TOPIC), payload, NOW_US, known_codes=KNOWN,
-                        limits=FrameLimits(max_frame_bytes=len(payload)))
+                        limits=dataclasses.replace(DEFAULT_LIMITS, max_frame_bytes=len(payload)))
     check_batch(b, payload)
     assert len(b.rows) + len(b.quarantine) == 5000
 
@@ -147,7 +148,7 @@ def test_the_rows_of_the_known_escapes_and_of_garbage_go_into_postgresql(db) -> 
     rows = []
     for p in payloads:
         b = decode_readings(TOPIC + "\x00\ud800", parse_topic(TOPIC), p, NOW_US, known_codes=KNOWN,
-                            limits=FrameLimits(max_frame_bytes=1 << 20))
+                            limits=dataclasses.replace(DEFAULT_LIMITS, max_frame_bytes=1 << 20))
         rows += [(q.topic, q.enterprise, q.reason, q.detail, q.raw) for q in b.quarantine]
     try:
         parse_items_payload(b'{"v": [1], "items": []}', DEC_ENTERPRISE)

@@ -21,17 +21,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import ingest.batcher
-import nhjc.service
-from config.settings import Settings
+from config.settings import IngestSettings
 from ingest.batch import READING_DTYPE, ReadingBatch, Source
 from ingest.batcher import Batcher, RegistryCache
 from ingest.collector import Message
-from ingest.frames import FrameLimits
 from ingest.items import ItemSpec
+from ingest.lookups import until_database
 from ingest.metrics import IngestMetrics
 from ingest.registry import known_codes, upsert_items
+from ingest.stage import IngestStage
 from ingest.store import Store
-from nhjc.service import Service
+from runtime.dberrors import DatabaseHealth
 from tests.harness import (
     Gateway,
     ServiceProcess,
@@ -45,7 +45,7 @@ from tests.harness import (
 
 CODE = "01-00-0000-023300-01"
 NOW_S = int(time.time()) - 3600
-LIMITS = FrameLimits(late_horizon_s=10 * 86400.0)
+SETTINGS = IngestSettings(late_horizon_s=10 * 86400.0, batch_rows=10_000, batch_ms=20)
 
 
 def frame(readings: list[dict[str, object]]) -> bytes:
@@ -78,6 +78,9 @@ class AckLog:
     def forget(self, handles: list[object]) -> None:
         self.forgotten.extend(handles)
 
+    def pause(self) -> None:
+        """Shutdown: nothing more is read (nothing is, here)."""
+
 
 async def batcher_for(pool: asyncpg.Pool | None, queue: asyncio.Queue[Message], codes: dict[str, frozenset[str]],
                       metrics: IngestMetrics) -> Batcher:
@@ -91,8 +94,7 @@ async def batcher_for(pool: asyncpg.Pool | None, queue: asyncio.Queue[Message], 
 
     registry = RegistryCache(load)
     await registry.reload(force=True)
-    return Batcher(queue, registry=registry, apply_items=apply, limits=LIMITS, batch_rows=10_000, batch_ms=20,
-                   metrics=metrics)
+    return Batcher(SETTINGS, queue=queue, registry=registry, apply_items=apply, metrics=metrics)
 
 
 # --- the batcher's guard ------------------------------------------------------------------
@@ -178,10 +180,9 @@ async def test_items_the_database_refuses_are_quarantined_and_none_applied(db) -
         await pool.close()
 
 
-async def test_items_are_retried_while_the_database_is_away(monkeypatch) -> None:
-    # The service hands the batcher its items writer wrapped in the retry for the
+async def test_items_are_retried_while_the_database_is_away() -> None:
+    # The stage hands the batcher its items writer wrapped in the retry for the
     # database being away: such an error never reaches the batcher as the message's fault.
-    monkeypatch.setattr(nhjc.service, "RETRY_MIN_S", 0.01)
     ent = enterprise_code(804)
     calls: list[int] = []
 
@@ -193,13 +194,16 @@ async def test_items_are_retried_while_the_database_is_away(monkeypatch) -> None
     async def load() -> dict[str, frozenset[str]]:
         return {}
 
-    retried = Service(Settings())._until_database("items", flaky)
-    batcher = Batcher(asyncio.Queue(), registry=RegistryCache(load), apply_items=retried, limits=LIMITS,
-                      batch_rows=10, batch_ms=10, metrics=IngestMetrics(CollectorRegistry()))
+    quick = SETTINGS.model_copy(update={"pause_min_s": 0.01, "pause_max_s": 0.02})
+    health = DatabaseHealth()
+    retried = until_database("items", flaky, settings=quick, health=health)
+    batcher = Batcher(quick, queue=asyncio.Queue(), registry=RegistryCache(load), apply_items=retried,
+                      metrics=IngestMetrics(CollectorRegistry()))
     part = await batcher.decode(message(f"nhjc/v1/{ent}/gw-1/items",
                                         json.dumps({"v": 1, "items": [item(CODE)]}).encode(), 1))
     assert calls == [1, 1, 1] and part.quarantine == []
     assert batcher._registry.codes(ent) == {CODE}
+    assert health.up is True and health.retries.labels("items")._value.get() == 2
 
 
 # --- the store's refusals, bisected down to the message -------------------------------------
@@ -213,12 +217,14 @@ def _part(n: int, enterprise: bytes, ts_us: int, payload: bytes, value: float | 
     return ReadingBatch(rows, [], [n], 1, [Source(topic, None, received, payload, 1, 0, 1)])
 
 
-async def _service(pool: asyncpg.Pool) -> tuple[Service, AckLog]:
-    svc = Service(Settings())
-    svc.pool = pool
+async def _stage(pool: asyncpg.Pool) -> tuple[IngestStage, AckLog, CollectorRegistry]:
+    """The ingest stage over the pool, with the test as its collector."""
+    registry = CollectorRegistry()
+    metrics = IngestMetrics(registry)
     acks = AckLog()
-    svc.collector = acks  # type: ignore[assignment]
-    return svc, acks
+    batcher = await batcher_for(pool, asyncio.Queue(), {}, metrics)
+    stage = IngestStage(collector=acks, batcher=batcher, store=Store(pool), metrics=metrics)  # type: ignore[arg-type]
+    return stage, acks, registry
 
 
 async def test_store_refusal_quarantines_only_the_message_at_fault(db) -> None:
@@ -226,14 +232,13 @@ async def test_store_refusal_quarantines_only_the_message_at_fault(db) -> None:
     t = (NOW_S - 86400) * 1_000_000
     pool = await asyncpg.create_pool(db)
     try:
-        svc, acks = await _service(pool)
-        store = Store(pool)
+        stage, acks, registry = await _stage(pool)
         # Message 3: an enterprise column PostgreSQL refuses (not UTF-8); message 6: a time
         # beyond timestamptz's range.  Both are values the database itself rejects.
         parts = [_part(n, ent, t + n * 60_000_000, f"frame {n}".encode()) for n in range(8)]
         parts[3] = _part(3, b"\xff" * 18, t, b"frame 3")
         parts[6] = _part(6, ent, -(2**62), b"frame 6")
-        assert await svc._commit(ReadingBatch.concat(parts), store)
+        await stage.commit(ReadingBatch.concat(parts))
         assert acks.acked == list(range(8))  # each once, in order
         stored = await pool.fetch("SELECT value FROM readings ORDER BY ts")
         assert [r["value"] for r in stored] == [0.0, 1.0, 2.0, 4.0, 5.0, 7.0]
@@ -242,7 +247,7 @@ async def test_store_refusal_quarantines_only_the_message_at_fault(db) -> None:
             ("store_rejected", b"frame 3", None), ("store_rejected", b"frame 6", None)]
         assert "CharacterNotInRepertoireError (SQLSTATE 22021)" in q[0]["detail"]
         assert "SQLSTATE 22008" in q[1]["detail"]  # datetime field overflow
-        assert metric(svc.registry, "store", "CharacterNotInRepertoireError") == 1
+        assert metric(registry, "store", "CharacterNotInRepertoireError") == 1
     finally:
         await pool.close()
 
@@ -252,22 +257,21 @@ async def test_a_refused_quarantine_row_falls_back_to_a_minimal_one_and_never_lo
     t = (NOW_S - 86400) * 1_000_000
     pool = await asyncpg.create_pool(db)
     try:
-        svc, acks = await _service(pool)
-        store = Store(pool)
+        stage, acks, registry = await _stage(pool)
         await pool.execute("ALTER TABLE readings ADD CONSTRAINT test_refused CHECK (value <> 1.0)")
         await pool.execute(f"ALTER TABLE quarantine ADD CONSTRAINT test_refused CHECK (enterprise <> '{ent}')")
         batch = _part(1, ent.encode(), t, b"frame 1")
         batch.sources[0] = Source(batch.sources[0].topic, ent, batch.sources[0].received_at_us, b"frame 1", 1, 0, 1)
-        assert await svc._commit(batch, store)
+        await stage.commit(batch)
         assert acks.acked == [1]
         assert [tuple(r) for r in await pool.fetch("SELECT reason, enterprise, raw FROM quarantine")] == [
             ("store_rejected", None, b"frame 1")]
         # Even the minimal row refused: the message stays unacknowledged, ingestion goes on.
         await pool.execute("ALTER TABLE quarantine ADD CONSTRAINT test_refused_all CHECK (reason <> 'store_rejected') NOT VALID")
-        assert await svc._commit(_part(2, ent.encode(), t, b"frame 2", value=1.0), store)
+        await stage.commit(_part(2, ent.encode(), t, b"frame 2", value=1.0))
         assert acks.acked == [1] and acks.forgotten == [2]  # its place in the window freed
-        assert metric(svc.registry, "store", "CheckViolationError") == 5  # each message refused, then its rows: one, then two
-        assert await svc._commit(_part(3, ent.encode(), t + 60_000_000, b"frame 3"), store)
+        assert metric(registry, "store", "CheckViolationError") == 5  # each message refused, then its rows: one, then two
+        await stage.commit(_part(3, ent.encode(), t + 60_000_000, b"frame 3"))
         assert acks.acked == [1, 3]
     finally:
         await pool.close()

@@ -1,4 +1,4 @@
-"""Readings frames as WIRE §1 has them: ``{"v":1,"seq":n,"sent_at":...,"readings":[...]}``.
+"""Readings frames as the wire format has them (docs/wire.md): ``{"v":1,"seq":n,"sent_at":...,"readings":[...]}``.
 
 A frame never holds more than the limits allow (5,000 readings, 256 KiB by default, both
 settings of ingest): ``pack`` splits the readings of a gateway into as many frames as needed.
@@ -13,6 +13,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import orjson
 
+from config.settings import IngestSettings
+
 __all__ = ["CST", "DEFAULT_LIMITS", "Limits", "pack", "readings", "rfc3339"]
 
 CST = timezone(timedelta(hours=8))  # China Standard Time, what gateways stamp
@@ -20,15 +22,20 @@ CST = timezone(timedelta(hours=8))  # China Standard Time, what gateways stamp
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_frame_bytes: int = 256 * 1024
-    max_readings: int = 5000
+    max_frame_bytes: int
+    max_readings: int
 
     def __post_init__(self) -> None:
         if self.max_frame_bytes < 4096 or self.max_readings < 2:
             raise ValueError("frame limits too small to be useful")
 
+    @classmethod
+    def of(cls, settings: IngestSettings) -> Limits:
+        """The limits the ingest with these settings applies."""
+        return cls(settings.max_frame_bytes, settings.max_readings_per_frame)
 
-DEFAULT_LIMITS = Limits()
+
+DEFAULT_LIMITS = Limits.of(IngestSettings())
 
 
 def rfc3339(t: float) -> str:
