@@ -97,7 +97,7 @@ class Service:
         pause is that long) until ``stop``."""
         probe = DatabaseProbe(self.settings.database, deadline_s=PROBE_DEADLINE_S)
         runner = StageRunner(probe, interval_s=PROBE_EVERY_S, pause_min_s=PROBE_EVERY_S, pause_max_s=PROBE_EVERY_S,
-                             health=self.health, events=self.events)
+                             health=self.health, events=self.events, probes_database=True)
         try:
             await runner.run(stop)
         finally:

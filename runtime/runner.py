@@ -76,8 +76,12 @@ class RunnerEvents:
             log.warning("%s: step failed again (%d in a row): %s; next try in %.1fs",
                         stage, failures, describe(exc), pause_s)
 
-    def recovered(self, stage: str, failures: int, health: DatabaseHealth) -> None:
-        health.succeeded(stage)
+    def recovered(self, stage: str, failures: int, *, database_failed: bool,
+                  health: DatabaseHealth) -> None:
+        # Only a stage that found the database away says it is back: a step that did not
+        # touch the database (an idle one) proves nothing about it.
+        if database_failed:
+            health.succeeded(stage)
         if failures:
             self._recovered.labels(stage).inc()
             log.info("%s: working again after %d failed step(s)", stage, failures)
@@ -94,7 +98,8 @@ class StageRunner:
     not (tests use it to know the stage has looked at the world since they changed it)."""
 
     def __init__(self, stage: Stage, *, interval_s: float, pause_min_s: float, pause_max_s: float,
-                 health: DatabaseHealth, events: RunnerEvents, rng: random.Random | None = None) -> None:
+                 health: DatabaseHealth, events: RunnerEvents, rng: random.Random | None = None,
+                 probes_database: bool = False) -> None:
         if interval_s <= 0:
             raise ValueError(f"{stage.name}: interval_s must be positive")
         self.stage = stage
@@ -103,6 +108,9 @@ class StageRunner:
         self._backoff = Backoff(pause_min_s, pause_max_s, rng)
         self._health = health
         self._events = events
+        # A readiness probe's every good step says the database answers; any other
+        # stage's says so only after the stage itself found it away.
+        self._probes_database = probes_database
 
     @property
     def failures(self) -> int:
@@ -111,17 +119,21 @@ class StageRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         name = self.stage.name
+        database_failed = False  # a step of this streak failed for the database
         while not stop.is_set():
             try:
                 busy = await self.stage.step()
             except Exception as exc:
+                database_failed = database_failed or is_retryable(exc)
                 pause = self._backoff.next_delay()
                 self._events.step_failed(name, exc, failures=self._backoff.failures, pause_s=pause,
                                          health=self._health)
                 self.steps += 1
                 await sleep_or_stop(stop, pause)
                 continue
-            self._events.recovered(name, self._backoff.failures, self._health)
+            self._events.recovered(name, self._backoff.failures, database_failed=database_failed or self._probes_database,
+                                   health=self._health)
+            database_failed = False
             self._backoff.reset()
             self.steps += 1
             if not busy:
