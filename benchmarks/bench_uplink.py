@@ -15,9 +15,10 @@ from datetime import timedelta
 import asyncpg
 
 from ingest.credit_code import check_character
-from tests.services import drop_database, migrated_database
-from tests.test_uplink_support import PIN, SM4_KEY, TZ_NAME, FakeClock, local, target
+from tools.clock import FakeClock
+from tools.guest import drop_database, migrated_database
 from tools.platform.mock import MockPlatform
+from tools.platform.targets import PIN, SM4_KEY, TZ_NAME, local, target
 from uplink.runner import Uplink
 
 START = local(2026, 11, 28, 8, 0)

@@ -23,9 +23,12 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from nhjc.broker import pbkdf2_entry, set_password
-from tests.harness import ServiceProcess, count, enterprise_code, item, wait_count
-from tests.services import ROOT, free_port, wait_port
+from tests.harness import wait_count
+from tests.services import ROOT
 from tests.tls import make_ca_and_server
+from tools.gateway import enterprise_code, item
+from tools.guest import free_port, wait_port
+from tools.process import ServiceProcess, count
 
 SECURE = ROOT / "config" / "mosquitto" / "secure.conf"
 A, B, C = enterprise_code(801), enterprise_code(802), enterprise_code(803)

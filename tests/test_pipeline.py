@@ -11,8 +11,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.harness import Gateway, ServiceProcess, enterprise_code, item, query, wait_for
-from tests.services import ROOT, free_port, wait_port
+from tests.services import ROOT
+from tools.gateway import Gateway, enterprise_code, item
+from tools.guest import free_port, wait_port
+from tools.process import ServiceProcess, query, wait_for
 
 TZ = ZoneInfo("Asia/Shanghai")
 CODE = "00-00-0000-023300-01"  # whole-plant (scope 1) electricity, kWh

@@ -17,17 +17,10 @@ from prometheus_client import CollectorRegistry
 
 from tests.services import ROOT
 from tests.test_uplink_delivery import DUE, NOW, count, seed, uplink_for, wire_key
-from tests.test_uplink_support import (
-    E1,
-    E2,
-    FakeClock,
-    get_json,
-    outbox,
-    running,
-    target,
-    wait_until,
-)
+from tests.test_uplink_support import E1, E2, get_json, outbox, running, wait_until
 from tests.tls import make_ca_and_server
+from tools.clock import FakeClock
+from tools.platform.targets import target
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

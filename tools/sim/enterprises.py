@@ -284,13 +284,13 @@ class _TreeBuilder:
             numbers: dict[str, int] = {}
             for u, unit, mine in unit_nodes or [(0, proc.name, {})]:
                 for eq in proc.equipment:
-                    parent = mine.get(eq.energy) or by_energy.get(eq.energy)
-                    if parent is None:
+                    feeder = mine.get(eq.energy) or by_energy.get(eq.energy)
+                    if feeder is None:
                         continue
                     numbers[eq.type] = numbers.get(eq.type, 0) + 1
                     e = ENERGIES[eq.energy]
                     node = self._node(self._code(p, u, f"{eq.type}{numbers[eq.type]:02d}", CLASS_CONSUMED, e),
-                                      f"{unit} {eq.name}", e, 4, p, parent, profile,
+                                      f"{unit} {eq.name}", e, 4, p, feeder, profile,
                                       weight=float(rng.uniform(0.5, 2.0)))
                     level4.append(node)
         root_instants = [self._instant(r) for r in self.roots if r.energy.flow_unit]
