@@ -1,5 +1,5 @@
 """``nhjc simulate`` against a real PrivateBroker: what a subscriber receives is what the
-simulator claims it sent, in the WIRE §1 shape, faults included.
+simulator claims it sent, in the shape gateways publish, faults included.
 
 Each test runs the simulator on its own seed (its own enterprises) on the session broker
 and records everything under ``nhjc/v1/#`` with a plain paho subscriber.  Waiting for the
