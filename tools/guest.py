@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -213,13 +213,10 @@ async def create_database(prefix: str = "nhjc_test", admin_dsn: str = ADMIN_DSN,
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise GuestError(f"database server {where}: {type(exc).__name__}: {exc}") from None
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"' + (f" OWNER {owner}" if owner else ""))
-    except asyncpg.InsufficientPrivilegeError:
-        raise GuestError(f"database server {where}: the configured role may not create databases "
-                         "(ALTER ROLE ... CREATEDB), which the demo's own database needs; "
-                         "or run the demo on the configured database with --use-configured") from None
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise GuestError(f"database server {where}: {type(exc).__name__}: {exc}") from None
+        with _refusals(where, "", "the configured role may not create databases (ALTER ROLE ... CREATEDB), "
+                       "which the demo's own database needs; or run the demo on the configured "
+                       "database with --use-configured"):
+            await conn.execute(f'CREATE DATABASE "{name}"' + (f" OWNER {owner}" if owner else ""))
     finally:
         await conn.close()
     try:
@@ -234,15 +231,24 @@ async def _install_timescaledb(url: str, where: str) -> None:
     # The migrations would do it too; here a refusal gets a message that says what to do.
     conn = await asyncpg.connect(url, timeout=10)
     try:
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    except asyncpg.InsufficientPrivilegeError:
-        raise GuestError(f"database server {where}: the configured role may not install TimescaleDB "
-                         "in the demo's own database (not a trusted extension in this version); "
-                         "run the demo on the configured database with --use-configured") from None
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise GuestError(f"database server {where}: TimescaleDB: {type(exc).__name__}: {exc}") from None
+        with _refusals(where, "TimescaleDB: ", "the configured role may not install TimescaleDB in the "
+                       "demo's own database (not a trusted extension in this version); run the demo "
+                       "on the configured database with --use-configured"):
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     finally:
         await conn.close()
+
+
+@contextlib.contextmanager
+def _refusals(where: str, what: str, refused: str) -> Iterator[None]:
+    """The server's refusals as a GuestError: ``refused`` says what to do about a missing
+    privilege; any other error is named after ``what``."""
+    try:
+        yield
+    except asyncpg.InsufficientPrivilegeError:
+        raise GuestError(f"database server {where}: {refused}") from None
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise GuestError(f"database server {where}: {what}{type(exc).__name__}: {exc}") from None
 
 
 async def drop_database(dsn: str, admin_dsn: str = ADMIN_DSN) -> None:
