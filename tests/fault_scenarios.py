@@ -277,10 +277,10 @@ class Chain:
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name in PLATFORMS:
             port = free_port()
-            log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-            self._platform_procs.append(subprocess.Popen(
-                [sys.executable, "-m", "nhjc", "mock-platform", "--port", str(port), "--name", name],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+            with open(self.workdir / f"{name}.log", "ab") as log:  # the child has its own copy
+                self._platform_procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "nhjc", "mock-platform", "--port", str(port), "--name", name],
+                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
             wait_port(port)
             self.platforms[name] = f"http://127.0.0.1:{port}"
         self.start_service()

@@ -64,6 +64,7 @@ def _run_demo(env: dict[str, str], tmp: Path, *extra: str,
             proc.kill()
             proc.wait()
     reader.join(5)
+    proc.stdout.close()  # a pipe left open warns when collected
     out = "".join(lines)
     assert rc == 0, out + (tmp / "stderr.log").read_text()
     for section in ("readings accepted", "quarantine", "periods", "uplink provincial", "national",

@@ -25,9 +25,9 @@ def platforms(tmp_path):
     procs, urls = [], {}
     for name in ("provincial", "national"):
         port = free_port()
-        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
-        procs.append(subprocess.Popen([sys.executable, "-m", "nhjc", "mock-platform", "--port", str(port),
-                                       "--name", name], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+        with open(tmp_path / f"{name}.log", "wb") as log:  # the child has its own copy
+            procs.append(subprocess.Popen([sys.executable, "-m", "nhjc", "mock-platform", "--port", str(port),
+                                           "--name", name], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
         wait_port(port)
         urls[name] = f"http://127.0.0.1:{port}"
     yield urls

@@ -42,6 +42,7 @@ def tls_platform(tmp_path: Path) -> Iterator[tuple[str, dict[str, Path]]]:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+        proc.stdout.close()  # type: ignore[union-attr]  # a pipe left open warns when collected
 
 
 async def test_mutual_tls(db: str, tls_platform: tuple[str, dict[str, Path]]) -> None:
