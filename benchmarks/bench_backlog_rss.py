@@ -15,80 +15,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import asyncpg
 import paho.mqtt.client as mqtt
 
-from ingest.credit_code import check_character
+from tools.gateway import enterprise_code, item
+from tools.guest import PrivateBroker, drop_database, migrated_database
+from tools.process import PROJECT_ROOT, ServiceProcess
 
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_DSN = os.environ.get("NHJC_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PER_FRAME = 50
 ENTERPRISES = 20
 CLIENT_ID = "nhjc-bench-rss"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    shipped = (ROOT / "config" / "mosquitto" / "nhjc.conf").read_text()
-    conf = workdir / "mosquitto.conf"
-    # Mosquitto takes the last value of an option given twice: this overrides the
-    # shipped max_inflight_messages.
-    conf.write_text(f"{shipped}\nmax_inflight_messages 0\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
-                    f"persistence_location {workdir}/\nlog_dest file {workdir}/broker.log\nuser root\n")
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("mosquitto did not start") from None
-            time.sleep(0.05)
-
-
-async def create_database() -> str:
-    name = f"nhjc_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" OWNER nhjc')
-    finally:
-        await admin.close()
-    db = await asyncpg.connect(ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        await db.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    finally:
-        await db.close()
-    return f"postgresql://nhjc@127.0.0.1:5432/{name}"
-
-
-async def drop_database(dsn: str) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def count_readings(dsn: str) -> int:
@@ -99,52 +43,15 @@ async def count_readings(dsn: str) -> int:
         await conn.close()
 
 
-def enterprise(n: int) -> str:
-    first17 = f"91340100MA{n:07d}"[:17]
-    return first17 + check_character(first17)
-
-
 def item_codes() -> list[str]:
     return [f"01-00-0000-0233{i // 100:02d}-{i % 100:02d}" for i in range(PER_FRAME)]
-
-
-def nhjc(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "nhjc", "--log-level", "WARNING", *args],
-                            env=env, cwd=ROOT, **kw)
-
-
-def metric(port: int, name: str) -> float | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return None
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nhjc run exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("nhjc run did not become ready")
 
 
 def publish_backlog(port: int, frames: int) -> None:
     """Frames of 50 readings, one minute of 50 items of one enterprise each, at QoS 1
     with a wide in-flight window."""
     codes = item_codes()
-    ents = [enterprise(e) for e in range(ENTERPRISES)]
+    ents = [enterprise_code(e) for e in range(ENTERPRISES)]
     minutes = -(-frames // ENTERPRISES)
     t0 = (int(time.time()) // 60 - minutes - 1) * 60  # the last few days: none flagged late
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}",
@@ -213,46 +120,42 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="nhjc-bench-rss-") as tmp:
         work = Path(tmp)
-        broker, mqtt_port = start_broker(work)
-        dsn = asyncio.run(create_database())
-        svc: subprocess.Popen[bytes] | None = None
+        # Mosquitto takes the last value of an option given twice: this overrides the
+        # shipped max_inflight_messages.
+        broker = PrivateBroker(work / "broker", extra="max_inflight_messages 0").start()
+        dsn = asyncio.run(migrated_database())
+        svc: ServiceProcess | None = None
         try:
-            http_port = free_port()
-            env = {**os.environ, "NHJC_DATABASE__URL": dsn, "NHJC_MQTT__URL": f"mqtt://127.0.0.1:{mqtt_port}",
-                   "NHJC_MQTT__CLIENT_ID": CLIENT_ID, "NHJC_METRICS__PORT": str(http_port)}
-            subprocess.run([sys.executable, "-m", "nhjc", "migrate"], env=env, cwd=ROOT, check=True,
-                           stdout=subprocess.DEVNULL)
-            items = [{"enterprise": enterprise(e), "code": code, "name": f"item {code}", "energy": code[13:17],
-                      "unit": "kWh", "kind": "cumulative"} for e in range(ENTERPRISES) for code in item_codes()]
+            def service() -> ServiceProcess:
+                return ServiceProcess(broker.url, dsn, client_id=CLIENT_ID, quick=False, log_level="WARNING")
+
+            items = [{"enterprise": enterprise_code(e), **item(code)}
+                     for e in range(ENTERPRISES) for code in item_codes()]
             (work / "items.json").write_text(json.dumps(items))
-            subprocess.run([sys.executable, "-m", "nhjc", "items", "load", str(work / "items.json")], env=env,
-                           cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([sys.executable, "-m", "nhjc", "items", "load", str(work / "items.json")],
+                           env=service().env, cwd=PROJECT_ROOT, check=True, stdout=subprocess.DEVNULL)
             # One short run creates the persistent session; the backlog then queues for it.
-            svc = nhjc(["run"], env)
-            wait_ready(http_port, svc)
-            svc.send_signal(signal.SIGTERM)
-            svc.wait(30)
+            svc = service().start(timeout=60)
+            svc.stop(timeout=30)
             t = time.perf_counter()
-            publish_backlog(mqtt_port, frames)
+            publish_backlog(broker.port, frames)
             print(f"published:   {n:,} readings in {frames:,} frames of {PER_FRAME} "
                   f"({time.perf_counter() - t:.1f} s)", flush=True)
 
             t = time.perf_counter()
-            svc = nhjc(["run"], env)
-            sampler = RssSampler(svc.pid)
+            svc = service().start(wait_ready=False)
+            assert svc.proc is not None
+            sampler = RssSampler(svc.proc.pid)
             sampler.start()
-            wait_ready(http_port, svc)
+            svc.wait_ready(60)
             peak_window = 0.0
-            while (accepted := metric(http_port, "nhjc_readings_accepted_total") or 0) < n:
-                if svc.poll() is not None:
-                    raise RuntimeError(f"nhjc run exited with {svc.returncode}")
-                peak_window = max(peak_window, metric(http_port, "nhjc_unacked_messages_peak") or 0)
+            while (accepted := svc.metric("nhjc_readings_accepted_total")) < n:
+                peak_window = max(peak_window, svc.metric("nhjc_unacked_messages_peak"))
                 time.sleep(0.5)
             secs = time.perf_counter() - t
-            peak_window = max(peak_window, metric(http_port, "nhjc_unacked_messages_peak") or 0)
+            peak_window = max(peak_window, svc.metric("nhjc_unacked_messages_peak"))
             sampler.stop()
-            svc.send_signal(signal.SIGTERM)
-            svc.wait(30)
+            svc.stop(timeout=30)
             svc = None
             stored = asyncio.run(count_readings(dsn))
             print(f"readings:    {stored:,} stored ({int(accepted):,} accepted)")
@@ -265,13 +168,10 @@ def main() -> None:
             if stored != n:
                 raise SystemExit(f"stored {stored:,} readings, expected {n:,}")
         finally:
-            if svc is not None and svc.poll() is None:
+            if svc is not None and svc.proc is not None and svc.proc.poll() is None:
                 svc.kill()
-                svc.wait(10)
-            broker.terminate()
-            broker.wait(30)
+            broker.stop()
             asyncio.run(drop_database(dsn))
-
 
 if __name__ == "__main__":
     main()

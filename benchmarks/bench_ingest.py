@@ -1,4 +1,4 @@
-"""Ingest throughput: a backlog of frames of 50 readings, waiting at a real Mosquitto,
+"""Ingest throughput: a backlog of frames of 50 readings, waiting at a real PrivateBroker,
 drained by `nhjc run` into a real TimescaleDB.  Prints readings/s for the whole path,
 and for decoding and storing alone, measured in the same run.
 
@@ -19,8 +19,9 @@ import asyncpg
 from ingest.frames import decode_readings
 from ingest.store import Store
 from ingest.topics import parse_topic
-from tests.harness import Gateway, ServiceProcess, count, enterprise_code, item
-from tests.services import Mosquitto, drop_database, migrated_database
+from tools.gateway import Gateway, enterprise_code, item
+from tools.guest import PrivateBroker, drop_database, migrated_database
+from tools.process import ServiceProcess, count
 
 PER_FRAME = 50
 ITEMS = 50
@@ -79,7 +80,7 @@ def main() -> None:
 
     dsn = asyncio.run(migrated_database())
     with tempfile.TemporaryDirectory() as tmp:
-        broker = Mosquitto(Path(tmp) / "broker").start()
+        broker = PrivateBroker(Path(tmp) / "broker").start()
         try:
             ents = sorted({e for e, _ in frames})
             gws = {e: Gateway(broker.url, e) for e in ents}

@@ -19,9 +19,10 @@ from config.settings import UplinkSettings
 from ingest.credit_code import check_character
 from runtime.dberrors import DatabaseHealth
 from runtime.runner import RunnerEvents
-from tests.services import drop_database, migrated_database
-from tests.test_uplink_support import PIN, SM4_KEY, TZ, FakeClock, local, target
+from tools.clock import FakeClock
+from tools.guest import drop_database, migrated_database
 from tools.platform.mock import MockPlatform
+from tools.platform.targets import PIN, SM4_KEY, TZ, local, target
 from uplink.stage import Uplink
 
 START = local(2026, 11, 28, 8, 0)

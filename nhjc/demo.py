@@ -360,6 +360,26 @@ async def _demo_on(args: argparse.Namespace, settings: Settings, notes: list[str
             await p.stop()
 
 
+def simulator_state(task: asyncio.Task[Counters]) -> str:
+    """What the view says of a simulator task that has ended."""
+    if task.cancelled():
+        return "stopped"
+    failure = task.exception()
+    return f"failed: {failure}" if failure else "caught up with now (finished)"
+
+
+async def finish_simulator(task: asyncio.Task[Counters]) -> None:
+    """Waits until the simulator has sent what it holds.  Its failure is logged, never
+    raised: the service is stopped after it whatever happened, so that it commits what
+    it has in hand and the demo ends with its summary."""
+    try:
+        await task
+    except PublishError as exc:
+        log.warning("simulator: %s", exc)
+    except Exception:
+        log.exception("simulator failed")
+
+
 async def _run(args: argparse.Namespace, settings: Settings, platforms: list[MockPlatform],
                metrics_port: int, notes: list[str]) -> int:
     registry = CollectorRegistry()
@@ -403,8 +423,7 @@ async def _run(args: argparse.Namespace, settings: Settings, platforms: list[Moc
                 sim_task = asyncio.create_task(sim.run(sim_stop), name="simulator")
                 watcher.snap.sim_state = "replaying"
             if sim_task is not None and sim_task.done() and watcher.snap.sim_state == "replaying":
-                exc = sim_task.exception()
-                watcher.snap.sim_state = f"failed: {exc}" if exc else "caught up with now (finished)"
+                watcher.snap.sim_state = simulator_state(sim_task)
             snap = await watcher.refresh()
             if live is not None:
                 live.update(render(snap))
@@ -418,10 +437,7 @@ async def _run(args: argparse.Namespace, settings: Settings, platforms: list[Moc
         # (it commits what is in hand), then the platforms (by the caller).
         sim_stop.set()
         if sim_task is not None:
-            try:
-                await sim_task
-            except PublishError as exc:
-                log.warning("simulator: %s", exc)
+            await finish_simulator(sim_task)
         service_stop.set()
         try:
             await service_task

@@ -40,9 +40,10 @@ class HttpEndpoint:
         ok = all(parts.values())
         body: dict[str, object] = {"ready": ok, **parts}
         if not ok:
-            body["down"] = [name for name, up in parts.items() if not up]
+            down = [name for name, up in parts.items() if not up]
+            body["down"] = down
             if self._reasons is not None:
-                body["reasons"] = {k: v for k, v in self._reasons().items() if k in body["down"]}
+                body["reasons"] = {k: v for k, v in self._reasons().items() if k in down}
         return web.json_response(body, status=200 if ok else 503)
 
     async def listen(self) -> None:

@@ -162,7 +162,9 @@ def _summary(c: Counters) -> None:
                 "backfill_readings", "quarantined", "wall_s"):
         v = d[key]
         t.add_row(key.replace("_", " "), f"{v:,.1f}" if isinstance(v, float) else f"{v:,}")
-    for group in ("quarantine", "flags", "generated", "tagged_frames"):
-        if d[group]:
-            t.add_row(group.replace("_", " "), ", ".join(f"{k} {v:,}" for k, v in sorted(d[group].items())))
+    groups = {"quarantine": c.quarantine, "flags": c.flags, "generated": c.generated,
+              "tagged_frames": c.tagged_frames}
+    for group, counts in groups.items():
+        if counts:
+            t.add_row(group.replace("_", " "), ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
     Console(stderr=True).print(t)

@@ -14,7 +14,7 @@ def backoff_delay(attempt: int, minimum_s: float, maximum_s: float,
     """Seconds before attempt ``attempt + 1``: exponential from ``minimum_s``, capped at
     ``maximum_s``, with "equal jitter" (half fixed, half random) so that many records,
     or many instances, failing together do not come back together."""
-    ceiling = min(maximum_s, minimum_s * 2 ** max(0, min(attempt - 1, 62)))
+    ceiling = min(maximum_s, minimum_s * 2.0 ** max(0, min(attempt - 1, 62)))
     return ceiling / 2 + (rng or random).random() * ceiling / 2
 
 

@@ -21,6 +21,7 @@ acquire.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import asyncpg
 
@@ -31,15 +32,15 @@ __all__ = ["BoundedPool", "open_pool"]
 log = logging.getLogger("nhjc.database")
 
 
-class BoundedPool(asyncpg.Pool):
+class BoundedPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type information
     """An asyncpg pool whose ``acquire()`` has a default deadline."""
 
     acquire_timeout_s: float = 60.0
 
-    def acquire(self, *, timeout: float | None = None):  # type: ignore[override]
+    def acquire(self, *, timeout: float | None = None) -> Any:
         return super().acquire(timeout=self.acquire_timeout_s if timeout is None else timeout)
 
-    async def release(self, connection, *, timeout: float | None = None) -> None:  # type: ignore[override]
+    async def release(self, connection: asyncpg.Connection, *, timeout: float | None = None) -> None:
         try:
             await super().release(connection, timeout=timeout)
         except RETRYABLE as exc:

@@ -28,14 +28,8 @@ import threading
 import time
 from pathlib import Path
 
-from tests.services import (
-    drop_database,
-    free_port,
-    migrated_database,
-    run,
-    terminate_backends,
-    wait_port,
-)
+from tests.services import run, terminate_backends
+from tools.guest import drop_database, free_port, migrated_database, wait_port
 
 __all__ = ["PrivatePostgres", "TcpProxy"]
 
@@ -249,7 +243,7 @@ class PrivatePostgres:
     async def _create_role(self) -> None:
         import asyncpg
 
-        from tests.services import APP_ROLE
+        from tools.guest import APP_ROLE
 
         admin = await asyncpg.connect(self.admin_dsn)
         try:

@@ -9,7 +9,7 @@ every platform with its value, quarantine holding exactly the bad inputs.  The t
 the end of the fault (or of the publishing, whichever is later) until the accounting
 comes out right is the round's recovery time.
 
-The chain is real: a Mosquitto, TimescaleDB, `nhjc run` as a process and two
+The chain is real: a PrivateBroker, TimescaleDB, `nhjc run` as a process and two
 `nhjc mock-platform` processes as uplink targets.  Rounds use new enterprises, so
 they can follow each other on one chain and each is accounted on its own.
 """
@@ -34,19 +34,11 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from processing.coefficients import DEFAULT_COEFFICIENTS
-from tests.harness import (
-    Account,
-    Gateway,
-    Ledger,
-    ServiceProcess,
-    account,
-    count,
-    enterprise_code,
-    item,
-    platform_control,
-    wait_for,
-)
-from tests.services import ADMIN_DSN, ROOT, Mosquitto, free_port, run, terminate_backends, wait_port
+from tests.harness import Account, Ledger, account, platform_control
+from tests.services import ROOT, run, terminate_backends
+from tools.gateway import Gateway, enterprise_code, item
+from tools.guest import ADMIN_DSN, PrivateBroker, free_port, wait_port
+from tools.process import ServiceProcess, count, wait_for
 
 __all__ = ["FAULTS", "Chain", "Load", "Publisher", "RoundResult", "run_round"]
 
@@ -269,7 +261,7 @@ class Chain:
     terminate the service's connections.  ``database`` and ``proxy`` are needed only by
     the faults that act on them."""
 
-    def __init__(self, broker: Mosquitto, dsn: str, workdir: Path, *, service_dsn: str | None = None,
+    def __init__(self, broker: PrivateBroker, dsn: str, workdir: Path, *, service_dsn: str | None = None,
                  admin_dsn: str = ADMIN_DSN, database: Database | None = None, proxy: Proxy | None = None) -> None:
         self.broker, self.dsn, self.workdir = broker, dsn, workdir
         self.service_dsn = service_dsn or dsn
@@ -285,10 +277,10 @@ class Chain:
         self.workdir.mkdir(parents=True, exist_ok=True)
         for name in PLATFORMS:
             port = free_port()
-            log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-            self._platform_procs.append(subprocess.Popen(
-                [sys.executable, "-m", "nhjc", "mock-platform", "--port", str(port), "--name", name],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+            with open(self.workdir / f"{name}.log", "ab") as log:  # the child has its own copy
+                self._platform_procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "nhjc", "mock-platform", "--port", str(port), "--name", name],
+                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
             wait_port(port)
             self.platforms[name] = f"http://127.0.0.1:{port}"
         self.start_service()
@@ -478,7 +470,7 @@ def run_round(chain: Chain, fault: str, round_no: int, *, rng: random.Random | N
 
 
 @contextmanager
-def chain_on(broker: Mosquitto, dsn: str, workdir: Path, **kw: Any) -> Iterator[Chain]:
+def chain_on(broker: PrivateBroker, dsn: str, workdir: Path, **kw: Any) -> Iterator[Chain]:
     chain = Chain(broker, dsn, workdir, **kw).start()
     try:
         yield chain

@@ -2,7 +2,7 @@
 
     /work/main/.venv/bin/python -m tests.soak --minutes 10
 
-Everything runs on loopback and is private to the run: a Mosquitto, a PostgreSQL
+Everything runs on loopback and is private to the run: a PrivateBroker, a PostgreSQL
 cluster with TimescaleDB (tests/adversity.py) behind a TCP proxy the service connects
 through, `nhjc run` and two mock platforms.  Each round (tests/fault_scenarios.py) has
 new enterprises, an hour of simulated readings with known-bad inputs mixed in, and one
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tests.adversity import PrivatePostgres, TcpProxy
 from tests.fault_scenarios import FAULTS, PLATFORMS, Chain, RoundResult, run_round
-from tests.services import Mosquitto
+from tools.guest import PrivateBroker
 
 COLUMNS = ("round", "fault", "detail", "published", "stored", "duplicates", "missing", "quarantine e/a",
            *(f"{p} e/a" for p in PLATFORMS), "recovery s", "ok")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header(), flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="nhjc-soak-"))
-    broker = Mosquitto(workdir / "mosquitto").start()
+    broker = PrivateBroker(workdir / "mosquitto").start()
     pg = PrivatePostgres().start()
     proxy = TcpProxy(pg.port).start()
     results: list[RoundResult] = []

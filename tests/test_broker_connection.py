@@ -2,17 +2,11 @@
 
 import subprocess
 
-from tests.harness import (
-    Gateway,
-    ServiceProcess,
-    enterprise_code,
-    item,
-    query,
-    wait_count,
-    wait_for,
-)
-from tests.services import Mosquitto, free_port
+from tests.harness import wait_count
 from tests.tls import make_ca_and_server
+from tools.gateway import Gateway, enterprise_code, item
+from tools.guest import PrivateBroker, free_port
+from tools.process import ServiceProcess, query, wait_for
 
 CODE = "01-00-0000-023300-01"
 T0 = 1764303300
@@ -25,7 +19,7 @@ def test_tls_with_username_and_password(db, tmp_path) -> None:
     tls_port = free_port()
     # The plain listener (for the test gateway) stays anonymous; the TLS one wants a
     # client certificate and a password.
-    broker = Mosquitto(tmp_path / "broker", prefix="per_listener_settings true", extra=(
+    broker = PrivateBroker(tmp_path / "broker", prefix="per_listener_settings true", extra=(
         f"listener {tls_port} 127.0.0.1\ncafile {certs['ca']}\ncertfile {certs['server']}\n"
         f"keyfile {certs['server_key']}\nrequire_certificate true\n"
         f"password_file {passwd}\nallow_anonymous false\n"
@@ -33,7 +27,7 @@ def test_tls_with_username_and_password(db, tmp_path) -> None:
     broker.start()
     try:
         ent = enterprise_code(30)
-        gw = Gateway(broker.url, ent)  # plain listener from Mosquitto() is the first one
+        gw = Gateway(broker.url, ent)  # plain listener from PrivateBroker() is the first one
         gw.items([item(CODE)])
         tls_url = f"mqtts://127.0.0.1:{tls_port}"
         env = {"NHJC_MQTT__CA_FILE": str(certs["ca"]), "NHJC_MQTT__CERT_FILE": str(certs["client"]),

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -23,9 +24,12 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from nhjc.broker import pbkdf2_entry, set_password
-from tests.harness import ServiceProcess, count, enterprise_code, item, wait_count
-from tests.services import ROOT, free_port, wait_port
+from tests.harness import wait_count
+from tests.services import ROOT
 from tests.tls import make_ca_and_server
+from tools.gateway import enterprise_code, item
+from tools.guest import free_port, wait_port
+from tools.process import ServiceProcess, count
 
 SECURE = ROOT / "config" / "mosquitto" / "secure.conf"
 A, B, C = enterprise_code(801), enterprise_code(802), enterprise_code(803)
@@ -120,6 +124,7 @@ class Client:
             self.c.connect("127.0.0.1", self.port)
         except (OSError, ssl.SSLError) as exc:
             self.error = exc
+            _close_sockets_in(exc)
             return False
         self.c.loop_start()
         self.connack.wait(5)
@@ -143,6 +148,18 @@ class Client:
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
+
+
+def _close_sockets_in(exc: BaseException) -> None:
+    """paho leaves the socket of a failed TLS handshake open (its _ssl_wrap_socket does
+    not close it on the way out), to warn when collected: closed here, where the
+    traceback still holds it."""
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, socket.socket):
+                value.close()
+        tb = tb.tb_next
 
 
 def _refused(c: Client) -> bool:

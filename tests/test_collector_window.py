@@ -1,7 +1,7 @@
-"""The collector keeps its own receive window, against a real Mosquitto that does not.
+"""The collector keeps its own receive window, against a real PrivateBroker that does not.
 
 The broker here runs the shipped settings with ``max_inflight_messages 0`` added after
-them (Mosquitto takes the last value of an option given twice).  Such a broker sends a
+them (PrivateBroker takes the last value of an option given twice).  Such a broker sends a
 session's backlog far past the Receive Maximum the client announces; the collector
 must still never hold more than ``receive_maximum`` messages, and lose nothing."""
 
@@ -26,9 +26,10 @@ from paho.mqtt.properties import Properties
 
 from config.settings import MqttSettings
 from ingest.collector import Collector, Message
-from tests.harness import ServiceProcess, count, enterprise_code, item, query, wait_for
-from tests.services import Mosquitto, free_port
 from tests.tls import make_ca_and_server
+from tools.gateway import enterprise_code, item
+from tools.guest import PrivateBroker, free_port
+from tools.process import ServiceProcess, count, query, wait_for
 
 WINDOW = 20
 ENT = enterprise_code(80)
@@ -38,7 +39,7 @@ TOPIC = f"nhjc/v1/{ENT}/gw-1/readings"
 @pytest.fixture(scope="module")
 def greedy(tmp_path_factory: pytest.TempPathFactory):
     """A broker that ignores the client's Receive Maximum."""
-    b = Mosquitto(tmp_path_factory.mktemp("greedy"), extra="max_inflight_messages 0").start()
+    b = PrivateBroker(tmp_path_factory.mktemp("greedy"), extra="max_inflight_messages 0").start()
     yield b
     b.stop()
 
@@ -149,7 +150,7 @@ async def make_session(url: str, port: int, client_id: str, **kw) -> None:
     await d.stop()
 
 
-async def backlog(broker: Mosquitto, n: int, tag: str, url: str | None = None, **kw) -> tuple[str, list[bytes]]:
+async def backlog(broker: PrivateBroker, n: int, tag: str, url: str | None = None, **kw) -> tuple[str, list[bytes]]:
     """A persistent session with ``n`` messages waiting for it; returns its client id."""
     client_id = f"window-{tag}-{uuid.uuid4().hex[:6]}"
     await make_session(url or broker.url, broker.port, client_id, **kw)
@@ -158,7 +159,7 @@ async def backlog(broker: Mosquitto, n: int, tag: str, url: str | None = None, *
     return client_id, sent
 
 
-def test_the_broker_ignores_the_receive_maximum_we_announce(greedy: Mosquitto) -> None:
+def test_the_broker_ignores_the_receive_maximum_we_announce(greedy: PrivateBroker) -> None:
     """The premise: a client that reads all it is sent (as the collector did) holds far
     more than its Receive Maximum once it starts acknowledging."""
     got: list[int] = []
@@ -191,7 +192,7 @@ def test_the_broker_ignores_the_receive_maximum_we_announce(greedy: Mosquitto) -
         c.loop_stop()
 
 
-async def test_full_window_stops_reading_and_acks_resume_until_all_delivered(greedy: Mosquitto) -> None:
+async def test_full_window_stops_reading_and_acks_resume_until_all_delivered(greedy: PrivateBroker) -> None:
     client_id, sent = await backlog(greedy, 2000, "drain")
     d = await Drive(greedy.url, client_id).start()
     try:
@@ -213,7 +214,7 @@ async def test_full_window_stops_reading_and_acks_resume_until_all_delivered(gre
 
 
 async def test_a_forgotten_message_frees_its_place_and_comes_again_on_the_next_connection(
-        greedy: Mosquitto) -> None:
+        greedy: PrivateBroker) -> None:
     # What nothing could be stored for is left unacknowledged on purpose: reading goes
     # on (the window does not shrink for good) and the broker delivers it once more.
     client_id, sent = await backlog(greedy, WINDOW + 5, "forget")
@@ -241,7 +242,7 @@ async def test_a_forgotten_message_frees_its_place_and_comes_again_on_the_next_c
         await again.stop()
 
 
-async def test_qos0_messages_count_in_the_window_until_handed_back(greedy: Mosquitto) -> None:
+async def test_qos0_messages_count_in_the_window_until_handed_back(greedy: PrivateBroker) -> None:
     d = await Drive(greedy.url, f"window-qos0-{uuid.uuid4().hex[:6]}").start()
     try:
         await asyncio.to_thread(publish, greedy.port, TOPIC, [b"hello"])
@@ -260,7 +261,7 @@ async def test_qos0_messages_count_in_the_window_until_handed_back(greedy: Mosqu
         await d.stop()
 
 
-async def test_shutdown_pause_is_not_undone_by_freeing_the_window(greedy: Mosquitto) -> None:
+async def test_shutdown_pause_is_not_undone_by_freeing_the_window(greedy: PrivateBroker) -> None:
     client_id, sent = await backlog(greedy, 100, "pause")
     d = await Drive(greedy.url, client_id).start()
     try:
@@ -284,7 +285,7 @@ async def test_shutdown_pause_is_not_undone_by_freeing_the_window(greedy: Mosqui
         await d2.stop()
 
 
-async def test_pause_longer_than_keepalive_reconnects_and_loses_nothing(greedy: Mosquitto) -> None:
+async def test_pause_longer_than_keepalive_reconnects_and_loses_nothing(greedy: PrivateBroker) -> None:
     window = 10
     client_id, sent = await backlog(greedy, 60, "keepalive")
     d = await Drive(greedy.url, client_id, window=window, keepalive_s=2).start()
@@ -356,7 +357,7 @@ class TlsProxy:
         await self._server.wait_closed()
 
 
-async def test_over_tls_buffered_bytes_are_read_after_a_pause(greedy: Mosquitto, tmp_path: Path) -> None:
+async def test_over_tls_buffered_bytes_are_read_after_a_pause(greedy: PrivateBroker, tmp_path: Path) -> None:
     certs = make_ca_and_server(tmp_path / "certs")
     proxy = await TlsProxy(greedy.port, certs).start()
     try:
@@ -381,7 +382,7 @@ async def test_over_tls_buffered_bytes_are_read_after_a_pause(greedy: Mosquitto,
 
 
 def test_nhjc_run_holds_no_more_than_its_window_while_the_database_is_blocked(
-        greedy: Mosquitto, db: str, tmp_path: Path) -> None:
+        greedy: PrivateBroker, db: str, tmp_path: Path) -> None:
     window = 50
     ent = enterprise_code(81)
     codes = [f"01-00-0000-02331{k}-01" for k in range(5)]

@@ -25,8 +25,10 @@ import psycopg
 import pytest
 
 from tests.adversity import PrivatePostgres, TcpProxy
-from tests.harness import Gateway, ServiceProcess, count, enterprise_code, item, query, wait_for
-from tests.services import ROOT, free_port, run, terminate_backends, wait_port
+from tests.services import ROOT, run, terminate_backends
+from tools.gateway import Gateway, enterprise_code, item
+from tools.guest import free_port, wait_port
+from tools.process import ServiceProcess, count, query, wait_for
 
 TZ = ZoneInfo("Asia/Shanghai")
 N_ITEMS = 8

@@ -19,8 +19,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.harness import count, query
-from tests.services import ROOT, Mosquitto, free_port
+from tests.services import ROOT
+from tools.guest import PrivateBroker, free_port
+from tools.process import count, query
 
 ACCEPTED = re.compile(r"readings accepted ([\d,]+)")
 OWN = re.compile(r"own broker 127\.0\.0\.1:(\d+), own database (nhjc_demo_[0-9a-f]+)")
@@ -63,6 +64,7 @@ def _run_demo(env: dict[str, str], tmp: Path, *extra: str,
             proc.kill()
             proc.wait()
     reader.join(5)
+    proc.stdout.close()  # a pipe left open warns when collected
     out = "".join(lines)
     assert rc == 0, out + (tmp / "stderr.log").read_text()
     for section in ("readings accepted", "quarantine", "periods", "uplink provincial", "national",
@@ -106,7 +108,7 @@ def _databases(like: str) -> list[str]:
 
 
 def test_demo_is_a_guest_of_the_configured_broker_and_database(db, tmp_path) -> None:
-    configured = Mosquitto(tmp_path / "configured", extra="sys_interval 1").start()
+    configured = PrivateBroker(tmp_path / "configured", extra="sys_interval 1").start()
     seen: dict[str, object] = {}
 
     def during(out: str) -> None:
@@ -167,7 +169,7 @@ def test_demo_that_cannot_reach_the_database_stops_its_broker_and_says_so(tmp_pa
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_demo_stopped_while_starting_leaves_nothing_behind(sig, tmp_path) -> None:
-    configured = Mosquitto(tmp_path / "configured").start()
+    configured = PrivateBroker(tmp_path / "configured").start()
     before = set(_databases("nhjc_demo_%"))
     try:
         env = _env(configured.url, "postgresql://nhjc@127.0.0.1:5432/nhjc", tmp_path)

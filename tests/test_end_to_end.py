@@ -3,16 +3,9 @@
 import json
 import signal
 
-from tests.harness import (
-    Gateway,
-    ServiceProcess,
-    count,
-    enterprise_code,
-    item,
-    query,
-    wait_count,
-    wait_for,
-)
+from tests.harness import wait_count
+from tools.gateway import Gateway, enterprise_code, item
+from tools.process import ServiceProcess, count, query, wait_for
 
 CODES = ["01-00-0000-023300-01", "00-00-0000-011500-01", "02-01-0101-023300-03"]
 T0 = 1764303300  # 2025-11-28 12:15:00+08:00

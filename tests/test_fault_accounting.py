@@ -15,8 +15,9 @@ import pytest
 
 from tests.adversity import PrivatePostgres, TcpProxy
 from tests.fault_scenarios import PLATFORMS, RoundResult, chain_on, run_round
-from tests.harness import platform_control, query
-from tests.services import Mosquitto
+from tests.harness import platform_control
+from tools.guest import PrivateBroker
+from tools.process import query
 
 
 def assert_exact(r: RoundResult) -> None:
@@ -31,20 +32,20 @@ def assert_exact(r: RoundResult) -> None:
     assert not a.quarantine_missing and not a.quarantine_unexpected and not a.quarantine_copies, a.problems()
 
 
-def test_repeated_sigkill_during_load(fresh_broker: Mosquitto, db: str, tmp_path: Path) -> None:
+def test_repeated_sigkill_during_load(fresh_broker: PrivateBroker, db: str, tmp_path: Path) -> None:
     with chain_on(fresh_broker, db, tmp_path) as chain:
         r = run_round(chain, "sigkill", 1, rng=random.Random(1))
     assert r.service_restarts == 3
     assert_exact(r)
 
 
-def test_broker_restart_during_load(fresh_broker: Mosquitto, db: str, tmp_path: Path) -> None:
+def test_broker_restart_during_load(fresh_broker: PrivateBroker, db: str, tmp_path: Path) -> None:
     with chain_on(fresh_broker, db, tmp_path) as chain:
         r = run_round(chain, "broker_restart", 1, rng=random.Random(2))
     assert_exact(r)
 
 
-def test_one_platform_down_for_a_simulated_hour(fresh_broker: Mosquitto, db: str, tmp_path: Path) -> None:
+def test_one_platform_down_for_a_simulated_hour(fresh_broker: PrivateBroker, db: str, tmp_path: Path) -> None:
     # The fault itself checks that the other platform got every period while this one
     # refused, and that this one got none; then it comes back and must get them all.
     with chain_on(fresh_broker, db, tmp_path) as chain:
@@ -55,7 +56,7 @@ def test_one_platform_down_for_a_simulated_hour(fresh_broker: Mosquitto, db: str
             assert stats["down"] is False, name
 
 
-def test_postgres_restart_during_load(fresh_broker: Mosquitto, tmp_path: Path) -> None:
+def test_postgres_restart_during_load(fresh_broker: PrivateBroker, tmp_path: Path) -> None:
     with PrivatePostgres() as pg:
         dsn = pg.create_database()
         with chain_on(fresh_broker, dsn, tmp_path, admin_dsn=pg.admin_dsn, database=pg) as chain:
@@ -63,7 +64,7 @@ def test_postgres_restart_during_load(fresh_broker: Mosquitto, tmp_path: Path) -
     assert_exact(r)
 
 
-def test_backend_termination_during_load(fresh_broker: Mosquitto, db: str, tmp_path: Path) -> None:
+def test_backend_termination_during_load(fresh_broker: PrivateBroker, db: str, tmp_path: Path) -> None:
     with chain_on(fresh_broker, db, tmp_path) as chain:
         r = run_round(chain, "terminate_backends", 1, rng=random.Random(5))
     assert_exact(r)
@@ -77,7 +78,7 @@ def proxied(db: str) -> Iterator[tuple[str, TcpProxy]]:
         yield db.replace(f":{port}/", f":{proxy.port}/"), proxy
 
 
-def test_database_proxy_stalls_then_drops_during_load(fresh_broker: Mosquitto, db: str,
+def test_database_proxy_stalls_then_drops_during_load(fresh_broker: PrivateBroker, db: str,
                                                       proxied: tuple[str, TcpProxy], tmp_path: Path) -> None:
     service_dsn, proxy = proxied
     with chain_on(fresh_broker, db, tmp_path, service_dsn=service_dsn, proxy=proxy) as chain:
@@ -86,7 +87,7 @@ def test_database_proxy_stalls_then_drops_during_load(fresh_broker: Mosquitto, d
     assert_exact(r)
 
 
-def test_accounting_sees_each_kind_of_loss(fresh_broker: Mosquitto, db: str, tmp_path: Path) -> None:
+def test_accounting_sees_each_kind_of_loss(fresh_broker: PrivateBroker, db: str, tmp_path: Path) -> None:
     """The accounting itself: after a clean round it is exact, and it notices a reading
     lost, a value changed, a stray quarantine row, a lost one, and a platform that forgot."""
     with chain_on(fresh_broker, db, tmp_path) as chain:

@@ -8,17 +8,10 @@ import time
 
 import psycopg
 
-from tests.harness import (
-    Gateway,
-    ServiceProcess,
-    count,
-    enterprise_code,
-    item,
-    query,
-    wait_count,
-    wait_for,
-)
+from tests.harness import wait_count
 from tests.services import ROOT
+from tools.gateway import Gateway, enterprise_code, item
+from tools.process import ServiceProcess, count, query, wait_for
 
 CODES = [f"01-00-0000-02330{k}-01" for k in range(5)]
 T0 = 1764303300
@@ -172,7 +165,8 @@ def test_bad_config_file_value_is_named(tmp_path) -> None:
 
 
 def test_unmigrated_database_is_refused_with_one_line(broker) -> None:
-    from tests.services import create_database, drop_database, run
+    from tests.services import run
+    from tools.guest import create_database, drop_database
     dsn = run(create_database())
     try:
         env = {**os.environ, "NHJC_DATABASE__URL": dsn, "NHJC_MQTT__URL": broker.url}

@@ -18,8 +18,8 @@ from ingest.stage import IngestStage
 from ingest.store import Store
 from runtime.dberrors import DatabaseHealth
 from runtime.runner import RunnerEvents, StageRunner
-from tests.harness import enterprise_code
 from tests.test_poison import CODE, NOW_S, AckLog, batcher_for, frame, message
+from tools.gateway import enterprise_code
 
 
 async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:

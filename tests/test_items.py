@@ -17,8 +17,9 @@ from ingest.items import (
     parse_items_file_bytes,
     parse_items_payload,
 )
-from tests.harness import Gateway, ServiceProcess, enterprise_code, item, query, wait_for
 from tests.services import ROOT
+from tools.gateway import Gateway, enterprise_code, item
+from tools.process import ServiceProcess, query, wait_for
 
 
 def nhjc(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:

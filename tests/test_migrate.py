@@ -1,7 +1,7 @@
 import asyncpg
 
 from runtime.migrate import available, migrate
-from tests.services import create_database, drop_database
+from tools.guest import create_database, drop_database
 
 
 async def test_migrate_creates_hypertables_and_is_safe_to_rerun() -> None:

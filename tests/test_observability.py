@@ -37,8 +37,10 @@ from nhjc.http import HttpEndpoint
 from processing.completeness import CompletenessUpdater, completeness_today
 from runtime.dberrors import DatabaseHealth
 from runtime.runner import RunnerEvents, StageRunner
-from tests.harness import Gateway, ServiceProcess, enterprise_code, item, wait_for
-from tests.services import ROOT, create_database, drop_database, free_port, wait_port
+from tests.services import ROOT
+from tools.gateway import Gateway, enterprise_code, item
+from tools.guest import create_database, drop_database, free_port, wait_port
+from tools.process import ServiceProcess, wait_for
 
 PROM_DIR = ROOT / "config" / "prometheus"
 GRAFANA_DIR = ROOT / "config" / "grafana"

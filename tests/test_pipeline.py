@@ -11,8 +11,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.harness import Gateway, ServiceProcess, enterprise_code, item, query, wait_for
-from tests.services import ROOT, free_port, wait_port
+from tests.services import ROOT
+from tools.gateway import Gateway, enterprise_code, item
+from tools.guest import free_port, wait_port
+from tools.process import ServiceProcess, query, wait_for
 
 TZ = ZoneInfo("Asia/Shanghai")
 CODE = "00-00-0000-023300-01"  # whole-plant (scope 1) electricity, kWh
@@ -23,9 +25,9 @@ def platforms(tmp_path):
     procs, urls = [], {}
     for name in ("provincial", "national"):
         port = free_port()
-        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
-        procs.append(subprocess.Popen([sys.executable, "-m", "nhjc", "mock-platform", "--port", str(port),
-                                       "--name", name], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+        with open(tmp_path / f"{name}.log", "wb") as log:  # the child has its own copy
+            procs.append(subprocess.Popen([sys.executable, "-m", "nhjc", "mock-platform", "--port", str(port),
+                                           "--name", name], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
         wait_port(port)
         urls[name] = f"http://127.0.0.1:{port}"
     yield urls

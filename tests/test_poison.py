@@ -32,16 +32,9 @@ from ingest.registry import known_codes, upsert_items
 from ingest.stage import IngestStage
 from ingest.store import Store
 from runtime.dberrors import DatabaseHealth
-from tests.harness import (
-    Gateway,
-    ServiceProcess,
-    count,
-    enterprise_code,
-    item,
-    query,
-    wait_count,
-    wait_for,
-)
+from tests.harness import wait_count
+from tools.gateway import Gateway, enterprise_code, item
+from tools.process import ServiceProcess, count, query, wait_for
 
 CODE = "01-00-0000-023300-01"
 NOW_S = int(time.time()) - 3600

@@ -23,16 +23,11 @@ import pytest
 from pydantic import ValidationError
 
 from config.settings import SettingsError, TargetSettings, load_settings, secret_value
-from tests.harness import (
-    Gateway,
-    ServiceProcess,
-    enterprise_code,
-    item,
-    query,
-    wait_count,
-    wait_for,
-)
-from tests.services import ROOT, Mosquitto, free_port, wait_port
+from tests.harness import wait_count
+from tests.services import ROOT
+from tools.gateway import Gateway, enterprise_code, item
+from tools.guest import PrivateBroker, free_port, wait_port
+from tools.process import ServiceProcess, query, wait_for
 
 DB_PW = "Zq9-db/pw@x%y#z"  # characters that must be percent-encoded in a URL
 MQTT_PW = "Zq9-mqtt-pw"
@@ -233,7 +228,7 @@ def test_a_running_service_shows_no_secret_in_logs_metrics_or_stored_errors(db: 
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "pipeline", MQTT_PW], check=True)
     # Anonymous stays allowed for the test gateway; a client giving a user name must
     # give its password.
-    broker = Mosquitto(tmp_path / "broker", extra=f"password_file {passwd}\n").start()
+    broker = PrivateBroker(tmp_path / "broker", extra=f"password_file {passwd}\n").start()
     platform_port = free_port()
     platform_log = tmp_path / "platform.log"
     with platform_log.open("wb") as out:
@@ -286,7 +281,7 @@ def test_a_running_service_shows_no_secret_in_logs_metrics_or_stored_errors(db: 
 def test_a_refused_broker_login_shows_no_secret(db: str, tmp_path: Path) -> None:
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "pipeline", "another-password"], check=True)
-    broker = Mosquitto(tmp_path / "broker", extra=f"password_file {passwd}\n").start()
+    broker = PrivateBroker(tmp_path / "broker", extra=f"password_file {passwd}\n").start()
     try:
         env = every_secret_env(tmp_path, db, broker.url, db_password_in_url=False)
         env["NHJC_TEST_LOG_LEVEL"] = "DEBUG"

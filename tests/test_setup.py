@@ -15,7 +15,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.services import ROOT, free_port, wait_port
+from tests.services import ROOT
+from tools.guest import free_port, wait_port
 
 SCRIPT = ROOT / "scripts" / "broker-settings.sh"
 SHIPPED = ROOT / "config" / "mosquitto" / "nhjc.conf"

@@ -1,5 +1,5 @@
-"""``nhjc simulate`` against a real Mosquitto: what a subscriber receives is what the
-simulator claims it sent, in the WIRE §1 shape, faults included.
+"""``nhjc simulate`` against a real PrivateBroker: what a subscriber receives is what the
+simulator claims it sent, in the shape gateways publish, faults included.
 
 Each test runs the simulator on its own seed (its own enterprises) on the session broker
 and records everything under ``nhjc/v1/#`` with a plain paho subscriber.  Waiting for the
@@ -31,7 +31,7 @@ from ingest.frames import REASONS, decode_readings
 from ingest.items import parse_items_file
 from ingest.topics import TopicError, parse_topic
 from nhjc.cli import main as cli_main
-from tests.services import Mosquitto
+from tools.guest import PrivateBroker
 from tools.sim import MALFORMED_REASONS, Simulator
 
 START = "2026-11-27T08:00:00+08:00"
@@ -83,7 +83,7 @@ def _codes(sim: Simulator) -> set[str]:
     return {e.code for e in sim.enterprises} | {g.foreign for g in sim.scenario.gateways}
 
 
-def _run(broker: Mosquitto, **kw: object) -> tuple[Simulator, list[tuple[str, bytes, bool]]]:
+def _run(broker: PrivateBroker, **kw: object) -> tuple[Simulator, list[tuple[str, bytes, bool]]]:
     """Run a simulator to its end with a recorder; return what the recorder got of it."""
     rec = Recorder(broker.url)
     try:
@@ -102,7 +102,7 @@ def _kind(topic: str) -> str:
     return topic.rsplit("/", 1)[1]
 
 
-def test_items_retained_and_frames_in_wire_shape(broker: Mosquitto) -> None:
+def test_items_retained_and_frames_in_wire_shape(broker: PrivateBroker) -> None:
     sim, got = _run(broker, enterprises=4, seed=101, duration=3600, backfill=2 * 3600)
     c = sim.counters
     items_of: dict[str, dict[str, dict[str, object]]] = {}
@@ -198,7 +198,7 @@ def _ts(value: object) -> int:
     return int(datetime.fromisoformat(value).timestamp()) if isinstance(value, str) else int(value)  # type: ignore[arg-type]
 
 
-def test_registers_never_go_down_except_at_rollovers_and_resets(broker: Mosquitto) -> None:
+def test_registers_never_go_down_except_at_rollovers_and_resets(broker: PrivateBroker) -> None:
     sim, got = _run(broker, enterprises=6, seed=102, duration=12 * 3600,
                     faults="resets=0.01,spikes=0.005")
     items = _items(got)
@@ -258,7 +258,7 @@ def _bad_readings(frame: dict[str, object], known: set[str]) -> Counter[str]:
     return out
 
 
-def test_each_fault_produces_the_input_it_claims(broker: Mosquitto) -> None:
+def test_each_fault_produces_the_input_it_claims(broker: PrivateBroker) -> None:
     sim, got = _run(broker, enterprises=6, seed=103, duration=4 * 3600, backfill=3600,
                     faults="all=0.04")
     c = sim.counters
@@ -283,7 +283,7 @@ def test_each_fault_produces_the_input_it_claims(broker: Mosquitto) -> None:
             continue
         if len(payload) > 256 * 1024:
             claims["too_large"] += 1
-            assert len(payload) < 300_000  # Mosquitto's limit in config/mosquitto/nhjc.conf
+            assert len(payload) < 300_000  # PrivateBroker's limit in config/mosquitto/nhjc.conf
             continue
         try:
             frame = json.loads(payload.decode("utf-8"))  # Python's json reads NaN, as ingest does
@@ -330,7 +330,7 @@ def test_each_fault_produces_the_input_it_claims(broker: Mosquitto) -> None:
     assert rows == c.readings
 
 
-def test_same_seed_same_messages(broker: Mosquitto) -> None:
+def test_same_seed_same_messages(broker: PrivateBroker) -> None:
     kw = dict(enterprises=3, duration=2 * 3600, backfill=3600, faults="all=0.03")
     _, a = _run(broker, seed=104, **kw)
     _, b = _run(broker, seed=104, **kw)
@@ -339,7 +339,7 @@ def test_same_seed_same_messages(broker: Mosquitto) -> None:
     assert {p for _, p, _ in a}.isdisjoint({p for _, p, _ in other if p not in (b"online", b"offline")})
 
 
-async def test_async_run_stops_on_its_event_and_counts_what_it_sent(broker: Mosquitto) -> None:
+async def test_async_run_stops_on_its_event_and_counts_what_it_sent(broker: PrivateBroker) -> None:
     rec = Recorder(broker.url)
     try:
         # Real time (speed 1) with a one-second interval: a gateway as it runs in the field.
@@ -365,7 +365,7 @@ async def test_async_run_stops_on_its_event_and_counts_what_it_sent(broker: Mosq
         rec.close()
 
 
-def test_cli_writes_items_and_publishes(broker: Mosquitto, tmp_path: Path,
+def test_cli_writes_items_and_publishes(broker: PrivateBroker, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("NHJC_MQTT__URL", broker.url)

@@ -166,7 +166,7 @@ def test_registers_only_grow_except_at_the_wrap() -> None:
     assert len(out.rollovers) >= 10  # some registers start close to the wrap on purpose
     mult = meters.multiplier[cum]
     rollover = meters.rollover[cum]
-    # Wrapped consumption is what DOMAIN.md recovers: R - previous + current.
+    # Wrapped consumption is recovered as R - previous + current (R: the rollover value).
     for k, i in out.rollovers:
         j = int(np.flatnonzero(np.flatnonzero(cum) == i)[0])
         prev = before[j] if k == 0 else v[k - 1, j]

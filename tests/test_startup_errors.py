@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ServiceProcess, wait_for
-from tests.services import ROOT, free_port
+from tests.services import ROOT
 from tests.tls import make_ca_and_server
+from tools.guest import free_port
+from tools.process import ServiceProcess, wait_for
 
 
 def nhjc(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

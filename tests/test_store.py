@@ -76,7 +76,7 @@ async def test_migration_keys_the_quarantine_rows_stored_before_it() -> None:
     # copies among them are folded into the first.
     from ingest.store import fingerprint
     from runtime.migrate import migrate
-    from tests.services import create_database, drop_database
+    from tools.guest import create_database, drop_database
 
     dsn = await create_database()
     try:

@@ -21,25 +21,21 @@ from tests.test_uplink_support import (
     E1,
     E2,
     GAS,
-    PIN,
     POWER,
-    SM4_KEY,
     TOTAL,
     TOTAL_CODE,
-    TZ,
-    FakeClock,
     add_items,
     get_json,
-    local,
     loops,
     outbox,
     put,
     received,
     running,
-    target,
     wait_until,
 )
+from tools.clock import FakeClock
 from tools.platform.mock import MockPlatform
+from tools.platform.targets import PIN, SM4_KEY, TZ, local, target
 from uplink.stage import Uplink
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

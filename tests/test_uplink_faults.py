@@ -14,22 +14,19 @@ from tests.test_uplink_support import (
     E1,
     E2,
     GAS,
-    PIN,
     POWER,
-    SM4_KEY,
     TOTAL,
-    FakeClock,
     control,
-    local,
     loops,
     outbox,
     put,
     received,
     running,
-    target,
     wait_until,
 )
+from tools.clock import FakeClock
 from tools.platform.mock import MockPlatform, Mode
+from tools.platform.targets import PIN, SM4_KEY, local, target
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 
 from tests.services import ROOT
-from tests.test_uplink_support import E1, E2, GAS, PIN, POWER, SM4_KEY, control, get_json
+from tests.test_uplink_support import E1, E2, GAS, POWER, control, get_json
 from tools.platform.mock import MockPlatform
+from tools.platform.targets import PIN, SM4_KEY
 from uplink.sm4_pin import encrypt_pin
 
 # The fixtures live in the session's loop (asyncio_default_fixture_loop_scope); so do the tests.
@@ -179,19 +180,21 @@ async def test_fail_after_goes_down_after_n_data_requests(platform: MockPlatform
 
 
 async def test_command_line_runs_a_platform_until_sigterm() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.platform.mock", "--port", "0", "--name", "cli", "--fail-status", "503",
-         "--reject-code", POWER],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
-        assert line.startswith("mock-platform cli listening on http://127.0.0.1:"), line
-        url = line.split()[-1]
-        stats = await get_json(url, "/_stats")
-        assert stats["name"] == "cli"
-        assert stats["mode"]["fail_status"] == 503 and stats["mode"]["reject_codes"] == [POWER]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 20) == 0
+    # As a context manager Popen closes its stdout pipe when done (left open, the file
+    # object is only closed when collected, with a ResourceWarning).
+    with subprocess.Popen(
+            [sys.executable, "-m", "tools.platform.mock", "--port", "0", "--name", "cli", "--fail-status", "503",
+             "--reject-code", POWER],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}) as proc:
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+            assert line.startswith("mock-platform cli listening on http://127.0.0.1:"), line
+            url = line.split()[-1]
+            stats = await get_json(url, "/_stats")
+            assert stats["name"] == "cli"
+            assert stats["mode"]["fail_status"] == 503 and stats["mode"]["reject_codes"] == [POWER]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 20) == 0

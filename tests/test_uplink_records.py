@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.test_uplink_support import TZ, local
+from tools.platform.targets import TZ, local
 from uplink.records import ItemConfig, Record, energy_of, local_text, scope_of
 
 

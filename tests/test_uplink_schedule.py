@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runtime.backoff import backoff_delay
-from tests.test_uplink_support import TZ, local
+from tools.platform.targets import TZ, local
 from uplink.schedule import (
     DUE_SQL,
     due_at,

@@ -1,4 +1,4 @@
-"""Uplink targets from the environment (WIRE.md §4): only the URL is needed."""
+"""Uplink targets from the environment: only the URL is needed."""
 
 from __future__ import annotations
 

@@ -26,13 +26,12 @@ from tests.test_uplink_support import (
     E1,
     E2,
     POWER,
-    TZ,
-    FakeClock,
     outbox,
     running,
-    target,
     wait_until,
 )
+from tools.clock import FakeClock
+from tools.platform.targets import TZ, target
 from uplink.adapters import Registration
 from uplink.errors import RejectedError, RetryableError
 from uplink.records import ItemConfig, Record

@@ -1,5 +1,5 @@
-"""Shared helpers for the uplink tests (no tests here): a clock tests move by hand,
-valid enterprise codes, rows written straight into items/consumption, and waiting for
+"""Shared helpers for the uplink tests (no tests here; the clock tests move by hand and
+the targets tuned for tests are in tools): valid enterprise codes, rows written straight into items/consumption, and waiting for
 a condition over real HTTP or the database.
 
 No test sleeps for a fixed time and then asserts: they wait for a condition (with a
@@ -12,19 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import aiohttp
 import asyncpg
 
-from config.settings import TargetSettings
 from ingest.credit_code import check_character
+from tools.clock import FakeClock
 from uplink.stage import Uplink
 
-TZ_NAME = "Asia/Shanghai"
-TZ = ZoneInfo(TZ_NAME)
 LIMIT_S = 30.0  # safety limit for waits; a passing run never comes near it
 
 E1 = "91340100MA2N0C8XB" + check_character("91340100MA2N0C8XB")
@@ -33,38 +30,6 @@ GAS = "00-00-0000-011500-01"    # whole plant (scope 1), m3
 POWER = "01-00-0000-023300-01"  # process 01 (scope 2), kWh
 TOTAL = "0000"
 TOTAL_CODE = "00-00-0000-000000-00"
-SM4_KEY = "0123456789abcdeffedcba9876543210"
-PIN = "246810"
-
-
-def local(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
-    return datetime(year, month, day, hour, minute, second, tzinfo=TZ)
-
-
-class FakeClock:
-    """Time that moves only when a test moves it."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, now: datetime) -> None:
-        self.now = now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-def target(url: str, **kw: Any) -> TargetSettings:
-    """A target tuned for tests: fast backoff, small batches."""
-    base: dict[str, Any] = {"url": url, "backoff_min_s": 1.0, "backoff_max_s": 4.0, "timeout_s": 5.0,
-                            "batch_size": 50, "concurrency": 2}
-    if kw.get("flavour") == "token":
-        base.update(password=PIN, sm4_key=SM4_KEY)
-    base.update(kw)
-    return TargetSettings(**base)
 
 
 async def add_items(conn: asyncpg.Connection, enterprise: str) -> None:

@@ -17,17 +17,10 @@ from prometheus_client import CollectorRegistry
 
 from tests.services import ROOT
 from tests.test_uplink_delivery import DUE, NOW, count, seed, uplink_for, wire_key
-from tests.test_uplink_support import (
-    E1,
-    E2,
-    FakeClock,
-    get_json,
-    outbox,
-    running,
-    target,
-    wait_until,
-)
+from tests.test_uplink_support import E1, E2, get_json, outbox, running, wait_until
 from tests.tls import make_ca_and_server
+from tools.clock import FakeClock
+from tools.platform.targets import target
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -49,6 +42,7 @@ def tls_platform(tmp_path: Path) -> Iterator[tuple[str, dict[str, Path]]]:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+        proc.stdout.close()  # type: ignore[union-attr]  # a pipe left open warns when collected
 
 
 async def test_mutual_tls(db: str, tls_platform: tuple[str, dict[str, Path]]) -> None:

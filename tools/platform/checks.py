@@ -1,4 +1,5 @@
-"""The mock platform's checks of what an end device sends (WIRE.md §3, DOMAIN.md).
+"""The mock platform's checks of what an end device sends: the platforms' message
+fields and their ranges, enterprise credit codes and data codes.
 
 Written independently of :mod:`uplink.records` on purpose: the mock judges the
 uplink's output, so it must not share the code that produces it.  Each check returns

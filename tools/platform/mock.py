@@ -127,6 +127,14 @@ def _bad(message: str) -> web.Response:
     return _reply("400", message, status=400)
 
 
+def _enterprise(body: dict[str, Any]) -> str | web.Response:
+    """The request's enterprise code, or the answer refusing it."""
+    code = body.get("enterpriseCode")
+    if (problem := check_enterprise(code)) is not None:
+        return _bad(problem)
+    return str(code)
+
+
 class MockPlatform:
     """The platform as an object: ``async with MockPlatform(name="provincial") as p:``
     then point a target at ``p.url``."""
@@ -226,9 +234,8 @@ class MockPlatform:
         return wrapped
 
     async def _register(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        enterprise = body.get("enterpriseCode")
-        if (problem := check_enterprise(enterprise)) is not None:
-            return _bad(problem)
+        if isinstance(enterprise := _enterprise(body), web.Response):
+            return enterprise
         region = body.get("region")
         if not isinstance(region, str) or len(region) != 6 or not region.isdigit():
             return _bad(f"region {region!r} is not a 6-digit administrative code")
@@ -239,9 +246,8 @@ class MockPlatform:
                       uploadTime=self.mode.upload_time)
 
     def _device_problem(self, body: dict[str, Any]) -> web.Response | None:
-        enterprise = body.get("enterpriseCode")
-        if (problem := check_enterprise(enterprise)) is not None:
-            return _bad(problem)
+        if isinstance(enterprise := _enterprise(body), web.Response):
+            return enterprise
         if self.state.devices.get(enterprise) != body.get("deviceId"):
             return _reply("2", f"device {body.get('deviceId')!r} is not registered for {enterprise}")
         return None
@@ -276,9 +282,8 @@ class MockPlatform:
         return self._accept(enterprise, records)
 
     async def _token(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        enterprise = body.get("enterpriseCode")
-        if (problem := check_enterprise(enterprise)) is not None:
-            return _bad(problem)
+        if isinstance(enterprise := _enterprise(body), web.Response):
+            return enterprise
         try:
             pin = decrypt_pin(str(body.get("password", "")), enterprise, self._key)
         except ValueError as exc:

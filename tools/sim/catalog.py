@@ -2,8 +2,8 @@
 
 Everything here is data, kept apart from the generation logic in :mod:`tools.sim.enterprises`
 so it reads like the reference tables it stands for.  Region codes are real prefecture-level
-administrative codes of Anhui (the province whose 30-odd pilot enterprises DOMAIN.md cites);
-energy codes and coefficients follow DOMAIN.md.  Collection classes and equipment-type codes
+administrative codes of Anhui (the province with 30-odd pilot enterprises);
+energy codes and coefficients are those of the national energy statistics catalogue.  Collection classes and equipment-type codes
 are this simulator's own convention (documented in docs/simulator.md): nhjc stores codes as
 given and never interprets those two parts.
 """
@@ -45,7 +45,7 @@ class Energy:
     """How one energy kind is metered: the register's unit, wrap and multiplier habits."""
 
     key: str
-    code: str              # 4-digit energy code of DOMAIN.md
+    code: str              # 4-digit energy code of the national catalogue
     name: str              # Chinese name used in item names
     unit: str              # the item's unit (after the multiplier)
     coefficient: float | None  # sent as the item's coefficient override, when DOMAIN's
@@ -67,7 +67,7 @@ ENERGIES: dict[str, Energy] = {e.key: e for e in (
     Energy("elec", "3300", "电", "kWh", None, 999999.99, 2, 1, "kW", "cooling"),
     # Natural gas: flow computers total in m3 with one decimal.
     Energy("gas", "1500", "天然气", "m3", None, 99999999.9, 1, 1, "m3/h", "heating"),
-    # Purchased heat: heat meters register GJ; multiplier 1000 gives the MJ of DOMAIN.md.
+    # Purchased heat: heat meters register GJ; multiplier 1000 gives the MJ the platforms count heat in.
     Energy("heat", "3200", "热力", "MJ", None, 999999.99, 2, 1000, None, "heating"),
     # Steam is heat (3200) metered in tonnes: low-pressure saturated steam carries about
     # 3.76 GJ/t, i.e. 128.4 kgce/t, so the item carries that coefficient explicitly.

@@ -59,7 +59,7 @@ _GATEWAY_ITEMS = 500
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One data item: the WIRE §1 fields, then what the simulator needs to animate it."""
+    """One data item: the fields a gateway's items message gives, then what the simulator needs to animate it."""
 
     code: str
     name: str
@@ -83,7 +83,7 @@ class Item:
     decimals: int = 2         # digits after the point the meter shows
 
     def wire(self) -> dict[str, object]:
-        """The item as WIRE §1 publishes it (optional fields left out when unset)."""
+        """The item as a gateway's items message gives it (optional fields left out when unset)."""
         d: dict[str, object] = {
             "code": self.code, "name": self.name, "energy": self.energy, "unit": self.unit,
             "kind": self.kind, "multiplier": self.multiplier,
@@ -284,13 +284,13 @@ class _TreeBuilder:
             numbers: dict[str, int] = {}
             for u, unit, mine in unit_nodes or [(0, proc.name, {})]:
                 for eq in proc.equipment:
-                    parent = mine.get(eq.energy) or by_energy.get(eq.energy)
-                    if parent is None:
+                    feeder = mine.get(eq.energy) or by_energy.get(eq.energy)
+                    if feeder is None:
                         continue
                     numbers[eq.type] = numbers.get(eq.type, 0) + 1
                     e = ENERGIES[eq.energy]
                     node = self._node(self._code(p, u, f"{eq.type}{numbers[eq.type]:02d}", CLASS_CONSUMED, e),
-                                      f"{unit} {eq.name}", e, 4, p, parent, profile,
+                                      f"{unit} {eq.name}", e, 4, p, feeder, profile,
                                       weight=float(rng.uniform(0.5, 2.0)))
                     level4.append(node)
         root_instants = [self._instant(r) for r in self.roots if r.energy.flow_unit]
@@ -440,7 +440,7 @@ def pilot_enterprises(count: int = 30, *, seed: int = 0, items: int | None = Non
 # ---------------------------------------------------------------- items documents
 
 def items_payload(gateway: Gateway) -> bytes:
-    """The retained ``.../items`` message of one gateway (WIRE §1)."""
+    """The retained ``.../items`` message of one gateway."""
     return orjson.dumps({"v": 1, "items": [i.wire() for i in gateway.items]})
 
 

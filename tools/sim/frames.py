@@ -1,4 +1,4 @@
-"""Readings frames as the wire format has them (docs/wire.md): ``{"v":1,"seq":n,"sent_at":...,"readings":[...]}``.
+"""Readings frames as gateways publish them to nhjc: ``{"v":1,"seq":n,"sent_at":...,"readings":[...]}``.
 
 A frame never holds more than the limits allow (5,000 readings, 256 KiB by default, both
 settings of ingest): ``pack`` splits the readings of a gateway into as many frames as needed.

@@ -93,7 +93,8 @@ def shape(times: np.ndarray, profiles: np.ndarray, seasons: np.ndarray) -> np.nd
     amp = np.array([_SEASONAL[s][0] for s in SEASONS])[:, None]
     peak = np.array([_SEASONAL[s][1] for s in SEASONS])[:, None]
     seasonal = 1.0 + amp * np.cos(2 * np.pi * (doy[None, :] - peak) / 365.25)  # (S, K)
-    return (by_profile[profiles] * seasonal[seasons]).T
+    factors: np.ndarray = (by_profile[profiles] * seasonal[seasons]).T
+    return factors
 
 
 @functools.cache

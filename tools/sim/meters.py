@@ -3,7 +3,7 @@ values, with the register faults (resets, spikes) applied where the scenario ask
 
 A register holds consumption divided by its multiplier (CT/PT or pulse ratio) and wraps at
 its rollover value, so a reading r after a wrap relates to the one before, p, as
-consumption = R - p + r (DOMAIN.md).  Registers show a fixed number of decimals and are
+consumption = R - p + r, R being the rollover value.  Registers show a fixed number of decimals and are
 floored, as meter displays are, so they never go down between two readings except at a wrap
 or a reset.
 """

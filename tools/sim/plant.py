@@ -82,7 +82,8 @@ class Plant:
         own = self.rate * shape * factor * (interval_s / 3600.0)
         total = own.copy()
         if len(self._desc):
-            np.add.at(total, (slice(None), self._anc), own[:, self._desc])
+            # numpy's stubs do not know ufunc.at takes a tuple index; it does.
+            np.add.at(total, (slice(None), self._anc), own[:, self._desc])  # type: ignore[arg-type]
         flow = np.full((k, self.n), np.nan)
         if len(self._instant):
             src = self.source[self._instant]

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 __all__ = ["MqttPublisher", "NullPublisher", "PublishError", "Publisher"]
 
@@ -131,7 +132,7 @@ class MqttPublisher:
         log.info("connected %d MQTT clients to %s", len(self._conns), self.url)
 
     def _open(self, n: int, will_topic: str, will_payload: bytes) -> _Conn:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self._client_id}-{n}",
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{self._client_id}-{n}",
                              clean_session=True, protocol=mqtt.MQTTv311)
         conn = _Conn(client, self._window)
         client.will_set(will_topic, will_payload, qos=1, retain=True)
@@ -142,7 +143,7 @@ class MqttPublisher:
             client.tls_set(ca_certs=ca, certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED)
         # paho queues beyond its in-flight window; ours (below) bounds the queue instead.
         client.max_inflight_messages_set(min(self._window, 1000))
-        client.reconnect_delay_set(0.5, 10)
+        client.reconnect_delay_set(0.5, 10)  # type: ignore[arg-type]  # paho takes fractions of seconds too
 
         def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
             if rc.is_failure:

@@ -183,7 +183,7 @@ class Scenario:
 
     def drain(self, at: float | None = None) -> list[Message]:
         """Frames still held back (late faults): the gateway sends them after all."""
-        out = []
+        out: list[Message] = []
         for due, _, msgs in sorted(self._held, key=lambda h: (h[0], h[1])):
             when = due if at is None else max(due, at)
             out.extend(replace(m, send_at=when) for m in msgs)
