@@ -5,7 +5,7 @@ here before anyone has to find it in review.
 
     nhjc        the composition root: command line, service, operator endpoint
     tools       simulator, mock platforms, private broker and scratch database
-    uplink      adapters, outbox, schedule, target runner          (config, runtime)
+    uplink      adapters, outbox, schedule, planner, delivery       (config, runtime)
     processing  validation, aggregation, completeness   (config, runtime, ingest)
     ingest      collector, decoding, quality flags, reading store, items registry
     runtime     database pool, errors and health, schema, backoff, stage runner
