@@ -279,7 +279,7 @@ class IngestSettings(_Section):
     max_frame_bytes: int = Field(256 * 1024, ge=1024)
     max_readings_per_frame: int = Field(5000, ge=1)
     # Readings further ahead of their arrival than this are flagged "early";
-    # more than a day ahead they are rejected (WIRE: bad_timestamp).
+    # more than a day ahead they are rejected (quarantine reason bad_timestamp).
     early_tolerance_s: float = Field(300.0, ge=0)
     # Readings older than this at arrival are stored, flagged "late".
     late_horizon_s: float = Field(7 * 86400.0, gt=0)
@@ -298,7 +298,7 @@ class IngestSettings(_Section):
 
 class ProcessingSettings(_Section):
     timezone: str = "Asia/Shanghai"
-    # A segment between two readings longer than this is a gap (DOMAIN rules).
+    # A segment between two readings longer than this is a gap (docs/processing.md).
     max_gap_s: float = Field(1800.0, gt=0)
     # A register unchanged this long while the enterprise's other items move is "stuck".
     stuck_after_s: float = Field(6 * 3600.0, gt=0)

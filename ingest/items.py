@@ -1,5 +1,5 @@
 """The data-item registry's outside side: item objects from the retained
-``.../items`` topic (WIRE §1) or from a file for ``nhjc items load``.
+``.../items`` topic (docs/wire.md) or from a file for ``nhjc items load``.
 
 Parsing only; storing them is ingest.registry's job.  Whatever the input, the
 parsers return items or raise :class:`ItemsError`, never anything else; every text an

@@ -1,4 +1,4 @@
-"""MQTT topics of WIRE v1: ``nhjc/v1/{enterprise}/{gateway}/{readings|items|status}``."""
+"""MQTT topics of the wire contract, version 1: ``nhjc/v1/{enterprise}/{gateway}/{readings|items|status}``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
--- Core schema: the public relations of WIRE v1 (readings, consumption, quarantine, items).
+-- Core schema: the public relations of the wire contract, version 1 (readings, consumption, quarantine, items).
 CREATE EXTENSION IF NOT EXISTS timescaledb;
 
 -- The data-item registry: the last writer (MQTT items topic or `nhjc items load`) wins.

@@ -1,4 +1,4 @@
--- Uplink delivery state (WIRE.md §3): per target and record, what was sent, what the
+-- Uplink delivery state: per target and record, what was sent, what the
 -- platform acknowledged or rejected, and when to try again.  Owned by uplink/.
 
 -- One row per target and consumption key.  `revision` is the latest consumption
