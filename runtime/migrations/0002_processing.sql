@@ -1,6 +1,6 @@
 -- Processing: what the aggregator keeps besides the public consumption rows.
 
--- The OR of the quality flags of the readings a period rests on (processing.quality
+-- The OR of the quality flags of the readings a period rests on (ingest.quality
 -- bits), so an operator can see why a period is not valid.  Not part of the public
 -- columns; a change of flags alone does not bump the revision.
 ALTER TABLE consumption ADD COLUMN flags smallint NOT NULL DEFAULT 0;
