@@ -174,7 +174,7 @@ class TargetEntry(BaseModel):
     @field_validator("pin")
     @classmethod
     def _pin(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and not re.fullmatch(r"\d{4,12}", v.get_secret_value()):
+        if v is not None and not re.fullmatch(r"[0-9]{4,12}", v.get_secret_value()):
             raise ValueError("a PIN is 4 to 12 decimal digits")
         return v
 
