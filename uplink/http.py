@@ -30,6 +30,7 @@ import math
 import os
 import ssl
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,11 @@ __all__ = ["TLS_VERSIONS", "classify_reply", "client_ssl_context", "post_json"]
 
 _MAX_MESSAGE = 500  # platform messages are stored, not novels
 
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    _OLD = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1}
 TLS_VERSIONS = {
-    "TLSv1": ssl.TLSVersion.TLSv1,
-    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
+    **_OLD,
     "TLSv1.2": ssl.TLSVersion.TLSv1_2,
     "TLSv1.3": ssl.TLSVersion.TLSv1_3,
 }
@@ -100,7 +103,10 @@ def client_ssl_context(ca_file: Path | None, cert_file: Path | None, key_file: P
         if ciphers:
             ctx.set_ciphers(ciphers)
         if min_version is not None:
-            ctx.minimum_version = TLS_VERSIONS[min_version]
+            with warnings.catch_warnings():
+                # Python deprecates TLS 1.0/1.1; a platform that speaks nothing newer needs them.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ctx.minimum_version = TLS_VERSIONS[min_version]
         if cert_file is not None:
             ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None, password=lambda: b"")
         if pkcs12_file is not None:
