@@ -368,7 +368,10 @@ class TargetSettings(_Section):
     # Days go at this time on the next day, months on day 2, years on 2 January.
     upload_time: str = Field("00:10:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
     backoff_min_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(300.0, gt=0)
+    # The longest pause of a failing target (and the longest wait of a record or an
+    # enterprise's registration): a platform back from an outage gets traffic again
+    # within it, while the outage still costs one request per pause.
+    backoff_max_s: float = Field(30.0, gt=0)
     # The data code the platform assigned to the enterprise total (consumption code 0000).
     total_code: str = Field("00-00-0000-000000-00", pattern=r"^\d{2}-\d{2}-\d{4}-\d{6}-\d{2}$")
     # On a target's first start, periods of this many past days are sent (and at least

@@ -56,6 +56,7 @@ REJECT_REASONS = (
     "http_4xx",        # an HTTP 4xx other than 401, 408 and 429
     "unknown_code",    # HTTP 200 with a failure code or message we do not know
     "refresh_failed",  # the same refresh-worthy failure again right after registering anew
+    "not_sendable",    # refused before sending: the value is not a finite number
 )
 
 # What a RefreshError asks the runner to renew before the one retry.
