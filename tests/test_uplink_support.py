@@ -61,8 +61,6 @@ def target(url: str, **kw: Any) -> TargetSettings:
     """A target tuned for tests: fast backoff, small batches."""
     base: dict[str, Any] = {"url": url, "backoff_min_s": 1.0, "backoff_max_s": 4.0, "timeout_s": 5.0,
                             "batch_size": 50, "concurrency": 2}
-    if kw.get("flavour") == "token":
-        base.update(password=PIN, sm4_key=SM4_KEY)
     base.update(kw)
     return TargetSettings(**base)
 
