@@ -25,9 +25,10 @@ ORDER BY rejected_at DESC, target, enterprise, code, stat_type, period_start
 LIMIT $2
 """
 
-# attempts back to 0: the operator's decision starts a new series of tries.
+# attempts back to 0: the operator's decision starts a new series of tries.  Due at its
+# own due time, which a refused record has passed (it was sent): at once, by any clock.
 _RESEND = """
-UPDATE uplink_outbox SET state = 'pending', attempts = 0, next_attempt_at = $3, last_error = NULL
+UPDATE uplink_outbox SET state = 'pending', attempts = 0, next_attempt_at = due_at, last_error = NULL
 WHERE target = $1 AND enterprise = $2 AND state = 'rejected'
 """
 
@@ -54,11 +55,10 @@ async def rejections(conn: asyncpg.Connection | asyncpg.Pool, *, target: str | N
             for r in rows]
 
 
-async def resend(conn: asyncpg.Connection | asyncpg.Pool, *, target: str, enterprise: str,
-                 now: datetime) -> int:
-    """Make the enterprise's rejected records at ``target`` pending again, due at
-    ``now``; how many."""
-    status = await conn.execute(_RESEND, target, enterprise, now)
+async def resend(conn: asyncpg.Connection | asyncpg.Pool, *, target: str, enterprise: str) -> int:
+    """Make the enterprise's rejected records at ``target`` pending again, due at once;
+    how many."""
+    status = await conn.execute(_RESEND, target, enterprise)
     try:
         return int(str(status).rsplit(" ", 1)[1])
     except (IndexError, ValueError):
