@@ -67,7 +67,7 @@ async def test_rejected_lists_kept_refusals_and_resend_sends_them_again(db: str)
         assert {r["enterprise"] for r in rows_now if r["state"] == "rejected"} == {E2}
 
 
-def test_usage_errors_are_one_line(db: str) -> None:
+async def test_usage_errors_are_one_line(db: str) -> None:
     r = nhjc(db, "uplink", "rejected", "--limit", "0")
     assert r.returncode == 1 and r.stderr.strip() == "nhjc uplink rejected: --limit must be at least 1"
     r = nhjc(db, "uplink", "resend", "--target", "p")
