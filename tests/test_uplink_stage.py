@@ -32,8 +32,8 @@ from tests.test_uplink_support import (
 )
 from tools.clock import FakeClock
 from tools.platform.targets import TZ, target
-from uplink.adapters import Registration
-from uplink.errors import RejectedError, RetryableError
+from uplink.adapters import Enterprise, Registration
+from uplink.errors import RefreshError, RejectedError, RetryableError
 from uplink.records import ItemConfig, Record
 from uplink.stage import TargetStage, Uplink
 
@@ -51,30 +51,41 @@ class FakeAdapter:
 
     def __init__(self) -> None:
         self.registered: list[str] = []
+        self.enterprises: list[Enterprise] = []  # as each registration saw them
+        self.dictionary: str | None = None       # the platform's dictionary version
+        self.dictionary_asked = 0
+        self.with_urls = False                   # registrations with configuration and dictionary URLs
         self.configured: list[tuple[str, list[str]]] = []
         self.writes: list[tuple[str, list[Record], bool]] = []  # enterprise, chunk, accepted
         self.fail_register: Exception | None = None
         self.fail_write: Any = None  # (enterprise, chunk) -> awaitable of an Exception or None
         self.refuse: set[str] = set()
 
-    async def register(self, enterprise: str, region: str) -> Registration:
-        self.registered.append(enterprise)
+    async def register(self, enterprise: Enterprise) -> Registration:
+        self.registered.append(enterprise.code)
+        self.enterprises.append(enterprise)
         if self.fail_register is not None:
             raise self.fail_register
-        return Registration(device_id=f"dev-{enterprise[-4:]}")
+        urls = {"info_url": "mem:config", "dic_version_url": "mem:dic"} if self.with_urls else {}
+        return Registration(device_id=f"dev-{enterprise.code[-4:]}-{len(self.registered)}", **urls)
 
-    async def configure(self, enterprise: str, registration: Registration, items: Sequence[ItemConfig]) -> None:
-        self.configured.append((enterprise, [c.data_code for c in items]))
+    async def configure(self, enterprise: Enterprise, registration: Registration,
+                        items: Sequence[ItemConfig]) -> None:
+        self.configured.append((enterprise.code, [c.data_code for c in items]))
 
-    async def write(self, enterprise: str, registration: Registration, records: Sequence[Record],
+    async def write(self, enterprise: Enterprise, registration: Registration, records: Sequence[Record],
                     uploaded_at: datetime) -> None:
         chunk = list(records)
-        exc = await self.fail_write(enterprise, chunk) if self.fail_write is not None else None
+        exc = await self.fail_write(enterprise.code, chunk) if self.fail_write is not None else None
         if exc is None and self.refuse & {r.data_code for r in chunk}:
             exc = RejectedError(400, "dataCode refused")
-        self.writes.append((enterprise, chunk, exc is None))
+        self.writes.append((enterprise.code, chunk, exc is None))
         if exc is not None:
             raise exc
+
+    async def dictionary_version(self, enterprise: Enterprise, registration: Registration) -> str | None:
+        self.dictionary_asked += 1
+        return self.dictionary
 
     def written(self) -> list[tuple[str, str, int, datetime]]:
         return [r.key for _, chunk, _ in self.writes for r in chunk]
@@ -247,27 +258,55 @@ async def test_retry_after_is_a_floor_for_the_pause_and_the_records(db: str) -> 
         assert count(registry, "nhjc_uplink_retries_total", target="p", reason="http_429") == len(tried)
 
 
-async def test_a_reply_suggesting_the_platform_forgot_the_device_registers_again(db: str) -> None:
+async def test_a_stale_registration_registers_again_and_retries_the_same_request_once(db: str) -> None:
+    """The platform says E1's device is not E1's (HTTP 200, a refresh-worthy message):
+    in the same round E1 registers and configures again and the same chunk is sent once
+    more; the target does not pause and E2 is untouched."""
     await seed(db)
     clock, registry, fake = FakeClock(NOW), CollectorRegistry(), FakeAdapter()
-    fake.fail_write = failing(RetryableError("response_code", "responseCode '2'"), times=1, enterprise=E1)
+    fake.fail_write = failing(RefreshError("register", "device_mismatch", "序列号与企业统一社会信用代码不符"),
+                              times=1, enterprise=E1)
     async with fake_target(db, fake, clock, registry) as stage:
         assert stage.delivery is not None
         await stage.step()
-        assert sorted(fake.registered) == [E1, E2] and len(fake.configured) == 2
-        # Not the platform's outage: the target does not pause, E2 went through.
+        assert sorted(fake.registered) == [E1, E1, E2]
+        assert sorted(e for e, _ in fake.configured) == [E1, E1, E2]
+        e1_writes = [(chunk, ok) for e, chunk, ok in fake.writes if e == E1]
+        assert [ok for _, ok in e1_writes] == [False, True]
+        assert [r.key for r in e1_writes[0][0]] == [r.key for r in e1_writes[1][0]]  # the same request
         assert stage.delivery.paused_until is None
-        rows = await outbox(db, "p")
-        assert states(rows) == {"acked": len(DUE), "pending": len(DUE)}
-        assert all(r["last_error"].startswith("response_code") for r in rows if r["state"] == "pending")
+        assert states(await outbox(db, "p")) == {"acked": N_DUE}
+        assert count(registry, "nhjc_uplink_refreshes_total", target="p", reason="device_mismatch") == 1
+        assert count(registry, "nhjc_uplink_request_seconds_count", target="p", call="data", outcome="refresh") == 1
+        assert count(registry, "nhjc_uplink_request_seconds_count", target="p", call="register", outcome="ok") == 3
+        assert count(registry, "nhjc_uplink_retries_total", target="p") == 0
 
-        clock.advance(seconds=4)  # the records' backoff (at most backoff_max_s)
+
+async def test_a_refresh_that_fails_again_is_a_rejection_and_never_a_loop(db: str) -> None:
+    """The platform keeps saying it cannot decrypt E1's fields: one registration anew,
+    one retry, then E1's records are kept as rejected (refresh_failed), counted by that
+    reason, and later steps send them no more."""
+    await seed(db)
+    clock, registry, fake = FakeClock(NOW), CollectorRegistry(), FakeAdapter()
+    fake.fail_write = failing(RefreshError("register", "decrypt_failed", "解密失败！"), enterprise=E1)
+    async with fake_target(db, fake, clock, registry) as stage:
         await stage.step()
         assert sorted(fake.registered) == [E1, E1, E2]
-        assert [e for e, _ in fake.configured] in ([E1, E2, E1], [E2, E1, E1])
-        assert states(await outbox(db, "p")) == {"acked": N_DUE}
-        assert count(registry, "nhjc_uplink_retries_total", target="p", reason="response_code") == len(DUE)
-        assert count(registry, "nhjc_uplink_request_seconds_count", target="p", call="register", outcome="ok") == 3
+        assert sum(e == E1 for e, _, _ in fake.writes) == 2
+        rows = await outbox(db, "p")
+        assert states(rows) == {"acked": len(DUE), "rejected": len(DUE)}
+        refused = [r for r in rows if r["state"] == "rejected"]
+        assert {r["enterprise"] for r in refused} == {E1}
+        assert all(r["rejected_reason"] == "refresh_failed" and r["rejected_status"] == 200
+                   and "decrypt_failed again after registering anew" in r["rejected_message"] for r in refused)
+        assert count(registry, "nhjc_uplink_rejected_total", target="p", reason="refresh_failed") == len(DUE)
+        assert count(registry, "nhjc_uplink_refreshes_total", target="p", reason="decrypt_failed") == 1
+
+        writes, registrations = len(fake.writes), len(fake.registered)
+        for _ in range(5):
+            clock.advance(seconds=60)
+            await stage.step()
+        assert len(fake.writes) == writes and len(fake.registered) == registrations  # no loop
 
 
 async def test_a_refused_registration_makes_the_records_wait(db: str) -> None:

@@ -9,10 +9,18 @@ rejections go back to the outbox in one transaction at the end of the round, and
 when the round ends with an unexpected error: what the platform already acknowledged
 must never be sent again because something else failed.
 
-A time-out, a refused connection, a 5xx, 408 or 429 (or refused credentials) pauses
-the whole target with the target's backoff: the requests not yet started in that round
-are left untouched, so an outage costs one failed request per pause, not one per
-record.
+Every reply is classified once (:mod:`uplink.http`), and none loops:
+
+- retry later: the records get their own backoff; a time-out, a refused connection, a
+  5xx, 408, 429, "busy" (or refused credentials) also pauses the whole target with the
+  target's backoff: the requests not yet started in that round are left untouched, so
+  an outage costs one failed request per pause, not one per record;
+- refresh: the platform says our registration is stale; the enterprise registers (and
+  configures) again and the same request is retried once; the same answer again is a
+  rejection (``refresh_failed``);
+- rejection: the records are kept as rejected with the reason and the platform's
+  words, and are not sent again until their value changes or an operator says so
+  (``nhjc uplink resend``).
 """
 
 from __future__ import annotations
@@ -27,9 +35,10 @@ from zoneinfo import ZoneInfo
 
 from config.settings import TargetSettings
 from runtime.backoff import Backoff, backoff_delay
-from uplink.adapters import Adapter, Registration
+from uplink.adapters import Adapter, Enterprise, Registration
 from uplink.devices import Devices, call_outcome
-from uplink.errors import RejectedError, RetryableError
+from uplink.enterprises import EnterpriseDirectory
+from uplink.errors import RefreshError, RejectedError, RetryableError
 from uplink.metrics import UplinkMetrics
 from uplink.outbox import DueRow, ItemRow, Outbox, Outcomes
 from uplink.records import TOTAL_CODE, Record, scope_of
@@ -41,17 +50,19 @@ __all__ = ["Delivery"]
 class Delivery:
     """Sends a target's due records through its adapter; :meth:`round` is one round."""
 
-    def __init__(self, settings: TargetSettings, *, adapter: Adapter, outbox: Outbox, zone: ZoneInfo,
-                 metrics: UplinkMetrics, clock: Clock, rng: random.Random) -> None:
+    def __init__(self, settings: TargetSettings, *, adapter: Adapter, outbox: Outbox,
+                 directory: EnterpriseDirectory, zone: ZoneInfo, metrics: UplinkMetrics, clock: Clock,
+                 rng: random.Random) -> None:
         self._name = outbox.target
         self._settings = settings
         self._adapter = adapter
         self._outbox = outbox
+        self._directory = directory
         self._tz = zone
         self._metrics = metrics
         self._clock = clock
         self._rng = rng
-        self.devices = Devices(settings, adapter=adapter, outbox=outbox, metrics=metrics, clock=clock)
+        self.devices = Devices(settings, adapter=adapter, outbox=outbox, metrics=metrics, clock=clock, rng=rng)
         self._chunk = adapter.records_per_call or settings.batch_size
         self._pause = Backoff(settings.backoff_min_s, settings.backoff_max_s, rng)
         self.paused_until: datetime | None = None
@@ -76,17 +87,18 @@ class Delivery:
             record = self._record(row)
             if not math.isfinite(record.value):
                 reason = "value is not a finite number (not sent)"
-                out.rejected.append((record, 0, reason))
+                out.rejected.append((record, 0, reason, "not_sendable"))
                 self._metrics.not_sendable(self._name, record, reason, self._tz)
                 continue
             by_enterprise.setdefault(row.enterprise, []).append(record)
         self._trouble = None
         try:
             items = await self._outbox.items(list(by_enterprise))
+            enterprises = await self._directory.lookup(list(by_enterprise))
             sem = asyncio.Semaphore(s.concurrency)
             async with asyncio.TaskGroup() as tg:
-                for enterprise, records in by_enterprise.items():
-                    tg.create_task(self._deliver_enterprise(enterprise, records, items[enterprise], out,
+                for code, records in by_enterprise.items():
+                    tg.create_task(self._deliver_enterprise(enterprises[code], records, items[code], out,
                                                             sem, stop))
         except Exception:
             # Something unexpected (a bug, the database away while saving a device) left
@@ -122,7 +134,7 @@ class Delivery:
         """No new request: stopping, or the target failed in a way that pauses it."""
         return stop.is_set() or self._trouble is not None
 
-    async def _deliver_enterprise(self, enterprise: str, records: list[Record], items: list[ItemRow],
+    async def _deliver_enterprise(self, enterprise: Enterprise, records: list[Record], items: list[ItemRow],
                                   out: Outcomes, sem: asyncio.Semaphore, stop: asyncio.Event) -> None:
         if self._halted(stop):
             return
@@ -134,10 +146,16 @@ class Delivery:
         n = self._chunk
         async with asyncio.TaskGroup() as tg:
             for i in range(0, len(records), n):
-                tg.create_task(self._deliver_chunk(enterprise, registration, records[i:i + n], out, sem, stop))
+                tg.create_task(self._deliver_chunk(enterprise, registration, records[i:i + n], items, out, sem,
+                                                   stop))
 
-    async def _deliver_chunk(self, enterprise: str, registration: Registration, chunk: Sequence[Record],
-                             out: Outcomes, sem: asyncio.Semaphore, stop: asyncio.Event) -> None:
+    async def _deliver_chunk(self, enterprise: Enterprise, registration: Registration, chunk: Sequence[Record],
+                             items: list[ItemRow], out: Outcomes, sem: asyncio.Semaphore, stop: asyncio.Event,
+                             *, refreshed: bool = False) -> None:
+        """Write one chunk.  ``refreshed``: the enterprise already registered anew for
+        these records in this round, so a second refresh is not asked for again."""
+        rejection: RejectedError | None = None
+        refresh: RefreshError | None = None
         async with sem:
             if self._halted(stop):
                 return  # abandoned before it started: the rows stay due, untouched
@@ -148,10 +166,15 @@ class Delivery:
             except RetryableError as exc:
                 self._data_request(exc, t0, len(chunk))
                 self._retry(chunk, exc, out, sent=True)
-                if exc.reason in ("response_code", "bad_reply"):
-                    # Perhaps the platform forgot our device: register and configure anew.
-                    self.devices.forget(enterprise)
                 return
+            except RefreshError as exc:
+                self._data_request(exc, t0, len(chunk))
+                if refreshed:
+                    # Registered anew a moment ago and refused the same way: asking
+                    # again would only loop.  Not split either: it is not one record's fault.
+                    self._reject(chunk, exc.exhausted(), out)
+                    return
+                refresh = exc
             except RejectedError as exc:
                 self._data_request(exc, t0, len(chunk))
                 rejection = exc
@@ -160,14 +183,36 @@ class Delivery:
                 out.acked.extend((r, uploaded_at) for r in chunk)
                 self._metrics.acked(self._name, len(chunk))
                 return
+        if refresh is not None:
+            await self._refresh_and_retry(enterprise, registration, chunk, items, out, sem, stop, refresh)
+            return
         if len(chunk) > 1:  # find the records the platform refuses
             mid = len(chunk) // 2
-            await self._deliver_chunk(enterprise, registration, chunk[:mid], out, sem, stop)
-            await self._deliver_chunk(enterprise, registration, chunk[mid:], out, sem, stop)
+            await self._deliver_chunk(enterprise, registration, chunk[:mid], items, out, sem, stop,
+                                      refreshed=refreshed)
+            await self._deliver_chunk(enterprise, registration, chunk[mid:], items, out, sem, stop,
+                                      refreshed=refreshed)
             return
-        record = chunk[0]
-        out.rejected.append((record, rejection.status, rejection.message))
-        self._metrics.rejected(self._name, record, rejection.status, rejection.message, self._tz)
+        assert rejection is not None
+        self._reject(chunk, rejection, out)
+
+    async def _refresh_and_retry(self, enterprise: Enterprise, stale: Registration, chunk: Sequence[Record],
+                                 items: list[ItemRow], out: Outcomes, sem: asyncio.Semaphore,
+                                 stop: asyncio.Event, refresh: RefreshError) -> None:
+        """Register (and configure) again, then the same request once more."""
+        self._metrics.refreshing(self._name, enterprise.code, refresh.reason, refresh.detail)
+        try:
+            registration = await self.devices.refresh(enterprise, stale, chunk, items, sem)
+        except RetryableError as exc:
+            self._retry(chunk, exc, out, sent=True)
+            return
+        await self._deliver_chunk(enterprise, registration, chunk, items, out, sem, stop, refreshed=True)
+
+    def _reject(self, records: Sequence[Record], rejection: RejectedError, out: Outcomes) -> None:
+        for record in records:
+            out.rejected.append((record, rejection.status, rejection.message, rejection.reason))
+            self._metrics.rejected(self._name, record, rejection.status, rejection.message, self._tz,
+                                   reason=rejection.reason)
 
     def _data_request(self, exc: Exception | None, t0: float, n_records: int) -> None:
         self._metrics.request(self._name, "data", call_outcome(exc), _time.monotonic() - t0, records=n_records)

@@ -29,8 +29,12 @@ class UplinkMetrics:
         self._acked = Counter(
             "nhjc_uplink_acked_total", "Records the platform acknowledged", ["target"], registry=registry)
         self._rejected = Counter(
-            "nhjc_uplink_rejected_total", "Records the platform rejected (kept, not retried)",
-            ["target"], registry=registry)
+            "nhjc_uplink_rejected_total", "Records the platform rejected (kept, not retried), by reason",
+            ["target", "reason"], registry=registry)
+        self._refreshes = Counter(
+            "nhjc_uplink_refreshes_total",
+            "Registrations done again because the platform said ours was stale, by reason",
+            ["target", "reason"], registry=registry)
         self._retries = Counter(
             "nhjc_uplink_retries_total", "Records scheduled for another attempt, by reason",
             ["target", "reason"], registry=registry)
@@ -80,8 +84,8 @@ class UplinkMetrics:
             self._queued.labels(target, cause).inc(n)
 
     def request(self, target: str, call: str, outcome: str, seconds: float, *, records: int = 0) -> None:
-        """One call to the platform (register, config, data) and how it ended: ok, retry,
-        down or rejected; a data call carried ``records`` records."""
+        """One call to the platform (register, config, dictionary, data) and how it ended:
+        ok, retry, down, refresh or rejected; a data call carried ``records`` records."""
         self._requests.labels(target, call, outcome).observe(seconds)
         self._up.labels(target).set(0 if outcome == "down" else 1)
         if call == "data":
@@ -90,19 +94,44 @@ class UplinkMetrics:
     def acked(self, target: str, n: int) -> None:
         self._acked.labels(target).inc(n)
 
-    def rejected(self, target: str, record: Record, status: int, message: str, zone: ZoneInfo) -> None:
+    def rejected(self, target: str, record: Record, status: int, message: str, zone: ZoneInfo, *,
+                 reason: str) -> None:
         """The platform refused this one record (a chunk is split until the refused
-        records are alone): it is kept with the platform's words, never retried as is."""
-        self._rejected.labels(target).inc()
-        log.warning("uplink %s: rejected %s %s statType %d %s: HTTP %d %s", target, record.enterprise,
-                    record.data_code, record.stat_type, record.period_start.astimezone(zone), status, message)
+        records are alone): it is kept with the platform's words, never retried as is.
+        ``reason`` is one of :data:`uplink.errors.REJECT_REASONS`."""
+        self._rejected.labels(target, reason).inc()
+        log.warning("uplink %s: rejected %s %s statType %d %s (%s): HTTP %d %s", target, record.enterprise,
+                    record.data_code, record.stat_type, record.period_start.astimezone(zone), reason, status,
+                    message)
 
-    def not_sendable(self, target: str, record: Record, reason: str, zone: ZoneInfo) -> None:
+    def not_sendable(self, target: str, record: Record, message: str, zone: ZoneInfo) -> None:
         """A record refused before sending (a value that is not a finite number): kept
-        as rejected, like one the platform refused."""
-        self._rejected.labels(target).inc()
+        as rejected, like one the platform refused, with the reason ``not_sendable``."""
+        self._rejected.labels(target, "not_sendable").inc()
         log.warning("uplink %s: rejected %s %s statType %d %s: %s", target, record.enterprise,
-                    record.data_code, record.stat_type, record.period_start.astimezone(zone), reason)
+                    record.data_code, record.stat_type, record.period_start.astimezone(zone), message)
+
+    # -- what the platform said about an enterprise ----------------------------------------
+
+    def refreshing(self, target: str, enterprise: str, reason: str, detail: str) -> None:
+        """The platform refused a request because our registration is stale (a device id
+        not this enterprise's, a key it no longer takes, a token refused): the enterprise
+        registers again and the same request is retried once."""
+        self._refreshes.labels(target, reason).inc()
+        log.warning("uplink %s: %s: %s (%s); registering again, then retrying once", target, enterprise,
+                    reason, detail)
+
+    def not_in_registry(self, target: str, enterprise: str, region: str) -> None:
+        """The enterprise is not in the enterprise registry: it registers with ``region``
+        from the target's setting or its credit code (said once per target and enterprise)."""
+        log.warning("uplink %s: %s is not in the enterprise registry (nhjc enterprises load); registering"
+                    " with region %s from the target's region setting or the credit code", target,
+                    enterprise, region)
+
+    def dictionary_changed(self, target: str, enterprise: str, old: str | None, new: str | None) -> None:
+        """The platform's dictionary version changed: the item configuration is sent again."""
+        log.info("uplink %s: %s: dictionary version %s -> %s; sending the item configuration again",
+                 target, enterprise, old, new)
 
     def retried(self, target: str, reason: str, n: int) -> None:
         self._retries.labels(target, reason).inc(n)

@@ -103,10 +103,11 @@ UPDATE uplink_outbox o SET
     attempts = o.attempts + 1,
     next_attempt_at = CASE WHEN o.revision <= r.rev THEN o.next_attempt_at ELSE $6 END,
     sent_at = $6, sent_revision = r.rev, sent_value = r.val,
-    rejected_at = $6, rejected_status = r.status, rejected_message = r.msg,
+    rejected_at = $6, rejected_status = r.status, rejected_message = r.msg, rejected_reason = r.reason,
     last_error = 'rejected: ' || r.msg
 FROM unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[], $7::int8[], $8::float8[],
-            $9::int4[], $10::text[]) AS r(enterprise, code, stat_type, period_start, rev, val, status, msg)
+            $9::int4[], $10::text[], $11::text[])
+     AS r(enterprise, code, stat_type, period_start, rev, val, status, msg, reason)
 WHERE {_MATCH}
 """
 _FORGET = f"DELETE FROM uplink_outbox o USING {_KEYS} AS r(enterprise, code, stat_type, period_start) WHERE {_MATCH}"
@@ -169,7 +170,8 @@ class Outcomes:
 
     acked: list[tuple[Record, datetime]] = field(default_factory=list)
     retried: list[tuple[Record, datetime, str, bool]] = field(default_factory=list)  # next, error, sent
-    rejected: list[tuple[Record, int, str]] = field(default_factory=list)            # status, message
+    # status, message, reason (one of uplink.errors.REJECT_REASONS)
+    rejected: list[tuple[Record, int, str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.acked) + len(self.retried) + len(self.rejected)
@@ -284,10 +286,11 @@ class Outbox:
                                    [n for _, n, _, _ in out.retried], [e for _, _, e, _ in out.retried],
                                    [s for *_, s in out.retried])
             if out.rejected:
-                recs = [r for r, _, _ in out.rejected]
+                recs = [r for r, *_ in out.rejected]
                 await conn.execute(_REJECT, self.target, *_columns(recs), now,
                                    [r.revision for r in recs], [r.value for r in recs],
-                                   [s for _, s, _ in out.rejected], [m for _, _, m in out.rejected])
+                                   [s for _, s, _, _ in out.rejected], [m for _, _, m, _ in out.rejected],
+                                   [why for *_, why in out.rejected])
 
     async def items(self, enterprises: Sequence[str]) -> dict[str, list[ItemRow]]:
         rows = await self._pool.fetch(

@@ -1,4 +1,7 @@
-"""The token flavour's password: an ISO 9564-1 format-0 PIN block, SM4-CBC encrypted.
+"""The removed token flavour's password: an ISO 9564-1 format-0 PIN block, SM4-CBC encrypted.
+
+No adapter uses it any more; it stays only while the mock platform's old ``/token``
+endpoint imports it, and goes when the mock speaks ``yunnan``.
 
 Why format 0: it is the PIN block Chinese payment terminals and HSMs build before
 encrypting with SM4 (the ANSI X9.8 block the vendors' SDKs carry over), and it binds

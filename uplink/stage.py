@@ -43,6 +43,7 @@ from runtime.dberrors import DatabaseHealth
 from runtime.runner import RunnerEvents, StageRunner
 from uplink.adapters import FLAVOURS, Adapter, make_adapter
 from uplink.delivery import Delivery
+from uplink.enterprises import EnterpriseDirectory
 from uplink.http import client_ssl_context
 from uplink.metrics import UplinkMetrics
 from uplink.outbox import Outbox
@@ -86,8 +87,12 @@ class TargetStage:
         # here, at construction, not later inside one target's task.
         if adapter is None and settings.flavour not in FLAVOURS:
             raise ValueError(f"uplink target {target}: unknown flavour {settings.flavour!r}")
-        self._ssl = (client_ssl_context(settings.ca_file, settings.cert_file, settings.key_file)
+        self._ssl = (client_ssl_context(settings.ca_file, settings.cert_file, settings.key_file,
+                                        pkcs12_file=settings.pkcs12_file,
+                                        pkcs12_password=secret_value(settings.pkcs12_password),
+                                        min_version=settings.tls_min_version, ciphers=settings.tls_ciphers)
                      if adapter is None and settings.url.startswith("https:") else None)
+        self._directory = EnterpriseDirectory(pool, target, settings, metrics=metrics)
         self.delivery: Delivery | None = None
         self._stop = asyncio.Event()
         self._next_backlog = 0.0
@@ -108,10 +113,9 @@ class TargetStage:
                 session = await stack.enter_async_context(aiohttp.ClientSession(
                     connector=connector, timeout=aiohttp.ClientTimeout(total=s.timeout_s),
                     headers={"User-Agent": "nhjc-uplink/1"}))
-                adapter = make_adapter(s.flavour, session, s.url, tz=self._zone,
-                                       password=secret_value(s.password), sm4_key=secret_value(s.sm4_key))
-            self.delivery = Delivery(s, adapter=adapter, outbox=self.outbox, zone=self._zone,
-                                     metrics=self._metrics, clock=self._clock, rng=self._rng)
+                adapter = make_adapter(s, session, tz=self._zone)
+            self.delivery = Delivery(s, adapter=adapter, outbox=self.outbox, directory=self._directory,
+                                     zone=self._zone, metrics=self._metrics, clock=self._clock, rng=self._rng)
             self._metrics.started(self.target, s.url, s.flavour)
             try:
                 yield
