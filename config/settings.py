@@ -7,9 +7,9 @@ message is one line naming the offending setting.  Files named by the settings (
 certificates and keys, secrets) are read or checked here too, so a missing one stops
 the start with that line instead of failing later.
 
-Secrets (passwords, the SM4 key) are :class:`~pydantic.SecretStr`: their ``str`` and
+Secrets (passwords, a Yunnan PIN and secret) are :class:`~pydantic.SecretStr`: their ``str`` and
 ``repr`` are stars, and no message shows them.  Each may come from a file instead
-(``password_file``, ``sm4_key_file``), as container deployments pass them.  A password
+(``password_file``, ``pin_file``, ``secret_file``), as container deployments pass them.  A password
 in ``database.url`` is moved into ``database.password`` at load, so the URL is safe to
 print; :meth:`DatabaseSettings.dsn` puts it back for connecting, and nowhere else.
 """
@@ -150,6 +150,26 @@ def _check_tls(ca_file: Path | None, cert_file: Path | None, key_file: Path | No
                 raise _Fault("key_file", f"{key_file} is not the key of {cert_file}") from None
             where = f"{cert_file} with key {key_file}" if key_file else f"{cert_file}"
             raise _Fault("cert_file", f"{where}: not a PEM certificate and unencrypted key") from None
+
+
+def _check_target_tls(pkcs12_file: Path | None, pkcs12_password: str | None, ciphers: str | None) -> None:
+    """A PKCS#12 bundle that opens with its password and holds a certificate and key, and
+    a cipher string OpenSSL accepts, found at start rather than at the first request."""
+    if pkcs12_file is not None:
+        from cryptography.hazmat.primitives.serialization import pkcs12
+
+        try:
+            key, cert, _ = pkcs12.load_key_and_certificates(
+                pkcs12_file.read_bytes(), pkcs12_password.encode() if pkcs12_password is not None else None)
+        except (ValueError, TypeError):
+            raise _Fault("pkcs12_file", f"{pkcs12_file}: not a PKCS#12 bundle, or pkcs12_password is wrong") from None
+        if key is None or cert is None:
+            raise _Fault("pkcs12_file", f"{pkcs12_file} holds no certificate with its key")
+    if ciphers is not None:
+        try:
+            ssl.create_default_context().set_ciphers(ciphers)
+        except ssl.SSLError:
+            raise _Fault("tls_ciphers", "OpenSSL accepts no cipher of this string") from None
 
 
 class _Section(BaseModel):
@@ -334,18 +354,13 @@ class TargetSettings(_Section):
     """One platform the uplink forwards to (docs/uplink.md)."""
 
     url: str
-    # gbt37947: register / item configuration / data batches; token: SM4 PIN-block token,
-    # one record per call.
-    flavour: Literal["gbt37947", "token"] = "gbt37947"
+    # gbt37947: the reference interface (register, item configuration, data batches);
+    # shandong: its variant with every data field SM4-encrypted, one record per call;
+    # yunnan: a token from requestAK first, then data with a bearer token.
+    flavour: Literal["gbt37947", "shandong", "yunnan"] = "gbt37947"
     # 6-digit administrative region sent at registration; default: characters 3-8 of
     # the enterprise's credit code.
     region: str | None = Field(None, pattern=r"^\d{6}$")
-    # Token flavour: the PIN (4 to 12 digits) and the SM4 key (32 hex digits) that
-    # encrypts its PIN block.
-    password: SecretStr | None = None
-    password_file: Path | None = None  # the PIN is this file's content
-    sm4_key: SecretStr | None = None
-    sm4_key_file: Path | None = None  # the SM4 key is this file's content
     # TLS: ca_file to verify the platform (default: the system store); cert_file and
     # key_file for mutual TLS.
     ca_file: Path | None = None
@@ -372,6 +387,50 @@ class TargetSettings(_Section):
     keep_days: float = Field(35.0, gt=0)
     enabled: bool = True
 
+    # -- issue 10: what each flavour and platform needs (docs/uplink.md, "Flavours") --
+    # yunnan: the enterprise's PIN (4 to 12 digits) and the platform-issued secret (at
+    # least 16 ASCII characters; its first 16 are the SM4 key).  The enterprise
+    # registry's pin and secret for this target win over these.
+    pin: SecretStr | None = None
+    pin_file: Path | None = None  # the PIN is this file's content
+    secret: SecretStr | None = None
+    secret_file: Path | None = None  # the secret is this file's content
+    # TLS beyond PEM: a PKCS#12 client certificate bundle and its password; the lowest
+    # TLS version offered; an OpenSSL cipher string (a TLS 1.1-only platform needs
+    # tls_min_version = "TLSv1.1" and tls_ciphers = "DEFAULT:@SECLEVEL=0").
+    pkcs12_file: Path | None = None
+    pkcs12_password: SecretStr | None = None
+    pkcs12_password_file: Path | None = None
+    tls_min_version: Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"] | None = None
+    tls_ciphers: str | None = None
+    # gbt37947 item configuration: collectSystemName of every item, and the statTypes
+    # each item is configured for (one entry per statType; [0] sends one entry).
+    collect_system_name: str = Field("nhjc", min_length=1, max_length=100)
+    config_stat_types: list[Literal[0, 1, 2, 3]] = Field([0], min_length=1)
+    # How `valid` is written: "boolean" (true/false), "one_valid" ("1" valid, "0" not),
+    # "zero_valid" ("0" valid, "1" not).  Default: boolean, but zero_valid for shandong.
+    valid_style: Literal["boolean", "one_valid", "zero_valid"] | None = None
+    # yunnan: the data call's path under the platformURL of the token reply (else url).
+    data_path: str = Field("uploadData", pattern=r"^[A-Za-z0-9_./-]+$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token(cls, data: Any) -> Any:
+        # The token flavour matched no platform; its settings point to yunnan in one line.
+        if isinstance(data, dict):
+            if data.get("flavour") == "token":
+                raise _Fault("flavour", 'the "token" flavour is gone: use flavour = "yunnan" with pin and secret')
+            for old in ("password", "password_file", "sm4_key", "sm4_key_file"):
+                if old in data:
+                    raise _Fault(old, f'{old} belonged to the removed "token" flavour: use flavour = "yunnan"'
+                                 " with pin and secret")
+        return data
+
+    @field_validator("pkcs12_file", "pin_file", "secret_file", "pkcs12_password_file")
+    @classmethod
+    def _readable_extra(cls, v: Path | None) -> Path | None:
+        return None if v is None else _check_readable(v)
+
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
@@ -385,18 +444,16 @@ class TargetSettings(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TargetSettings:
-        _from_file(self, "password")
-        _from_file(self, "sm4_key")
-        pin, key = secret_value(self.password), secret_value(self.sm4_key)
-        if key is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", key):
-            raise _Fault("sm4_key_file" if self.sm4_key_file else "sm4_key", "must be 32 hex digits")
-        if self.flavour == "token":
-            if pin is None or not re.fullmatch(r"\d{4,12}", pin):
-                raise _Fault("password_file" if self.password_file else "password",
-                             "the token flavour needs password: a PIN of 4 to 12 digits")
-            if key is None:
-                raise _Fault("sm4_key", "the token flavour needs sm4_key (32 hex digits)")
+        for name in ("pin", "secret", "pkcs12_password"):
+            _from_file(self, name)
+        pin, secret = secret_value(self.pin), secret_value(self.secret)
+        if pin is not None and not re.fullmatch(r"[0-9]{4,12}", pin):
+            raise _Fault("pin_file" if self.pin_file else "pin", "must be a PIN of 4 to 12 digits")
+        if secret is not None and (len(secret) < 16 or not secret.isascii() or not secret.isprintable()):
+            raise _Fault("secret_file" if self.secret_file else "secret",
+                         "must be at least 16 printable ASCII characters")
         _check_tls(self.ca_file, self.cert_file, self.key_file)
+        _check_target_tls(self.pkcs12_file, secret_value(self.pkcs12_password), self.tls_ciphers)
         if self.backoff_max_s < self.backoff_min_s:
             raise ValueError("backoff_max_s is below backoff_min_s")
         return self

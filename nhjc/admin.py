@@ -1,21 +1,23 @@
-"""``nhjc migrate`` and ``nhjc items load FILE``."""
+"""``nhjc migrate``, ``nhjc items load FILE`` and ``nhjc enterprises load FILE | list``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
 import asyncpg
 
 from config.settings import Settings, read_file
+from ingest.enterprises import EnterprisesError, parse_enterprises_file_bytes, upsert_enterprises
 from ingest.items import ItemsError, parse_items_file_bytes
 from ingest.registry import upsert_items
 from nhjc.startup import DATABASE_ERRORS, database_problem
 from runtime.migrate import migrate
 
-__all__ = ["main_items", "main_migrate"]
+__all__ = ["main_enterprises", "main_items", "main_migrate"]
 
 
 def main_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,6 +76,72 @@ def main_items(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _fail(message: str) -> int:
-    print(f"nhjc items load: {' '.join(message.split())}", file=sys.stderr)
+def _fail(message: str, command: str = "items load") -> int:
+    print(f"nhjc {command}: {' '.join(message.split())}", file=sys.stderr)
     return 1
+
+
+# ---- nhjc enterprises ------------------------------------------------------------------
+
+def configure_enterprises(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="enterprises_command", required=True, metavar="ACTION")
+    load = sub.add_parser("load", help="load enterprises from a JSON file (an array; docs/enterprises.md)")
+    load.add_argument("file", type=Path)
+    load.add_argument("--encoding", default=None,
+                      help="the file's text encoding (default utf-8, a BOM allowed); e.g. gb18030 for a file "
+                           "saved by a Chinese Windows tool")
+    sub.add_parser("list", help="list the registry (credentials shown only as set, never their values)")
+
+
+async def _load_enterprises(dsn: str, path: Path, encoding: str | None) -> int:
+    specs = parse_enterprises_file_bytes(_read(path), encoding)
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await upsert_enterprises(conn, specs, f"file:{path.name}")
+    finally:
+        await conn.close()
+
+
+async def _list_enterprises(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        # The secrets column is read for its key names only: the values never leave the database.
+        rows = await conn.fetch(
+            "SELECT enterprise, name, region, targets::text AS targets,"
+            " (SELECT coalesce(jsonb_object_agg(t, (SELECT jsonb_agg(k ORDER BY k) FROM jsonb_object_keys(v) AS k)),"
+            "  '{}') FROM jsonb_each(secrets) AS s(t, v))::text AS secret_names,"
+            " source, updated_at FROM enterprises ORDER BY enterprise")
+    finally:
+        await conn.close()
+    lines = []
+    for r in rows:
+        targets: dict[str, dict[str, object]] = json.loads(r["targets"])
+        for target, names in json.loads(r["secret_names"]).items():
+            targets.setdefault(target, {}).update({n: "(set)" for n in names})
+        per_target = "; ".join(f"{t}: " + ", ".join(f"{k}={v}" for k, v in sorted(kv.items()))
+                               for t, kv in sorted(targets.items()))
+        lines.append("\t".join((r["enterprise"], r["region"], r["name"], per_target or "-",
+                                f"{r['source']} {r['updated_at']:%Y-%m-%d %H:%M:%S%z}")))
+    return lines
+
+
+def main_enterprises(args: argparse.Namespace, settings: Settings) -> int:
+    command = f"enterprises {args.enterprises_command}"
+    try:
+        if args.enterprises_command == "list":
+            for line in asyncio.run(_list_enterprises(settings.database.dsn())):
+                print(line)
+            return 0
+        changed = asyncio.run(_load_enterprises(settings.database.dsn(), args.file, args.encoding))
+    except _Refused as exc:
+        return _fail(str(exc), command)
+    except EnterprisesError as exc:
+        return _fail(f"{args.file}: {exc}", command)
+    except asyncpg.DataError as exc:  # a value the database refuses (one transaction: nothing loaded)
+        return _fail(f"{args.file}: the database refused an entry, nothing loaded: {type(exc).__name__}", command)
+    except DATABASE_ERRORS as exc:
+        return _fail(database_problem(exc, settings.database), command)
+    except Exception as exc:  # never a traceback, and never an exception's text: it could quote a credential
+        return _fail(f"not done ({type(exc).__name__})", command)
+    print(f"{changed} enterprise(s) added or changed")
+    return 0

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("nhjc.service", "run the service until SIGTERM/SIGINT"),
     "migrate": ("nhjc.admin", "create or upgrade the database schema"),
     "items": ("nhjc.admin", "manage the data-item registry (items load FILE)"),
+    "enterprises": ("nhjc.admin", "manage the enterprise registry (enterprises load FILE, enterprises list)"),
     "simulate": ("nhjc.simulate", "publish realistic readings for pilot enterprises"),
     "mock-platform": ("tools.platform.mock", "run a local provincial/national platform"),
     "demo": ("nhjc.demo", "everything together on this machine, with a live summary"),

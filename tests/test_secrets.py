@@ -32,7 +32,7 @@ from tools.process import ServiceProcess, query, wait_for
 DB_PW = "Zq9-db/pw@x%y#z"  # characters that must be percent-encoded in a URL
 MQTT_PW = "Zq9-mqtt-pw"
 PIN = "80402468"
-SM4 = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+SM4 = "a1b2c3d4e5f60718293a4b5c6d7e8f90"  # a Yunnan platform secret (16+ ASCII characters)
 SECRETS = (DB_PW, quote(DB_PW, safe=""), MQTT_PW, PIN, SM4)
 
 
@@ -74,9 +74,9 @@ def test_secrets_hide_in_repr_str_and_dumps(no_env: pytest.MonkeyPatch) -> None:
     no_env.setenv("NHJC_MQTT__USERNAME", "pipeline")
     no_env.setenv("NHJC_MQTT__PASSWORD", MQTT_PW)
     no_env.setenv("NHJC_UPLINK__TARGETS__NAT__URL", "https://nat.example")
-    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__FLAVOUR", "token")
-    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__PASSWORD", PIN)
-    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__SM4_KEY", SM4)
+    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__FLAVOUR", "yunnan")
+    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__PIN", PIN)
+    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__SECRET", SM4)
     s = load_settings()
     assert_no_secret(repr(s), str(s), s.model_dump_json(), str(s.model_dump()), s.database.url,
                      s.database.display_url)
@@ -87,7 +87,7 @@ def test_secrets_hide_in_repr_str_and_dumps(no_env: pytest.MonkeyPatch) -> None:
     assert s.database.dsn() == f"postgresql://nhjc:{quote(DB_PW, safe='')}@db.example:5432/nhjc"
     assert secret_value(s.mqtt.password) == MQTT_PW
     nat = s.uplink.targets["nat"]
-    assert (secret_value(nat.password), secret_value(nat.sm4_key)) == (PIN, SM4)
+    assert (secret_value(nat.pin), secret_value(nat.secret)) == (PIN, SM4)
 
 
 def test_a_password_parameter_in_the_database_url_moves_out_too(no_env: pytest.MonkeyPatch) -> None:
@@ -101,11 +101,11 @@ def test_a_password_parameter_in_the_database_url_moves_out_too(no_env: pytest.M
 
 
 @pytest.mark.parametrize(("env", "named"), [
-    ({"NHJC_UPLINK__TARGETS__NAT__PASSWORD": f"{PIN}x"}, "uplink.targets.nat.password"),
-    ({"NHJC_UPLINK__TARGETS__NAT__PASSWORD": PIN, "NHJC_UPLINK__TARGETS__NAT__SM4_KEY": SM4 + "0"},
-     "uplink.targets.nat.sm4_key"),
-    ({"NHJC_UPLINK__TARGETS__NAT__PASSWORD": PIN, "NHJC_UPLINK__TARGETS__NAT__SM4_KEY": "g" + SM4[1:]},
-     "uplink.targets.nat.sm4_key"),
+    ({"NHJC_UPLINK__TARGETS__NAT__PIN": f"{PIN}x"}, "uplink.targets.nat.pin"),
+    ({"NHJC_UPLINK__TARGETS__NAT__PIN": PIN, "NHJC_UPLINK__TARGETS__NAT__SECRET": SM4[:15]},
+     "uplink.targets.nat.secret"),
+    ({"NHJC_UPLINK__TARGETS__NAT__PIN": PIN, "NHJC_UPLINK__TARGETS__NAT__SECRET": SM4 + "\u00e9"},
+     "uplink.targets.nat.secret"),
     ({"NHJC_UPLINK__TARGETS__NAT__URL": f"https://u:{MQTT_PW}@nat.example"}, "uplink.targets.nat.url"),
     ({"NHJC_MQTT__URL": f"mqtt://pipeline:{MQTT_PW}@broker:1883"}, "mqtt.url"),
     ({"NHJC_MQTT__URL": f"mqtt://pipeline:{MQTT_PW}@broker:{PIN}x"}, "mqtt.url"),
@@ -118,7 +118,7 @@ def test_a_password_parameter_in_the_database_url_moves_out_too(no_env: pytest.M
 ])
 def test_settings_errors_never_echo_a_secret(no_env: pytest.MonkeyPatch, env: dict[str, str], named: str) -> None:
     no_env.setenv("NHJC_UPLINK__TARGETS__NAT__URL", "https://nat.example")
-    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__FLAVOUR", "token")
+    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__FLAVOUR", "yunnan")
     for k, v in env.items():
         no_env.setenv(k, v)
     with pytest.raises(SettingsError) as err:
@@ -131,7 +131,7 @@ def test_settings_errors_never_echo_a_secret(no_env: pytest.MonkeyPatch, env: di
 
 def test_a_settings_model_built_in_code_hides_its_input_in_errors() -> None:
     with pytest.raises(ValidationError) as err:
-        TargetSettings(url="http://x", flavour="token", password=f"{PIN}x", sm4_key=SM4)
+        TargetSettings(url="http://x", flavour="yunnan", pin=f"{PIN}x", secret=SM4)
     assert_no_secret(str(err.value), repr(err.value))
 
 
@@ -139,12 +139,12 @@ def test_every_secret_can_come_from_a_file(no_env: pytest.MonkeyPatch, tmp_path:
     no_env.setenv("NHJC_DATABASE__PASSWORD_FILE", str(secret_file(tmp_path, "db", DB_PW)))
     no_env.setenv("NHJC_MQTT__PASSWORD_FILE", str(secret_file(tmp_path, "mqtt", MQTT_PW)))
     no_env.setenv("NHJC_UPLINK__TARGETS__NAT__URL", "https://nat.example")
-    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__FLAVOUR", "token")
-    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__PASSWORD_FILE", str(secret_file(tmp_path, "pin", PIN)))
-    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__SM4_KEY_FILE", str(secret_file(tmp_path, "sm4", SM4)))
+    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__FLAVOUR", "yunnan")
+    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__PIN_FILE", str(secret_file(tmp_path, "pin", PIN)))
+    no_env.setenv("NHJC_UPLINK__TARGETS__NAT__SECRET_FILE", str(secret_file(tmp_path, "sm4", SM4)))
     s = load_settings()
     nat = s.uplink.targets["nat"]
-    assert [secret_value(v) for v in (s.database.password, s.mqtt.password, nat.password, nat.sm4_key)] == [
+    assert [secret_value(v) for v in (s.database.password, s.mqtt.password, nat.pin, nat.secret)] == [
         DB_PW, MQTT_PW, PIN, SM4]
     assert s.database.dsn() == f"postgresql://nhjc:{quote(DB_PW, safe='')}@127.0.0.1:5432/nhjc"
     assert_no_secret(repr(s))
@@ -152,7 +152,7 @@ def test_every_secret_can_come_from_a_file(no_env: pytest.MonkeyPatch, tmp_path:
 
 @pytest.mark.parametrize("env_name", [
     "NHJC_DATABASE__PASSWORD_FILE", "NHJC_MQTT__PASSWORD_FILE",
-    "NHJC_UPLINK__TARGETS__NAT__PASSWORD_FILE", "NHJC_UPLINK__TARGETS__NAT__SM4_KEY_FILE",
+    "NHJC_UPLINK__TARGETS__NAT__PIN_FILE", "NHJC_UPLINK__TARGETS__NAT__SECRET_FILE",
 ])
 def test_a_missing_secret_file_is_one_line_naming_setting_and_path(no_env: pytest.MonkeyPatch, tmp_path: Path,
                                                                    env_name: str) -> None:
@@ -165,14 +165,16 @@ def test_a_missing_secret_file_is_one_line_naming_setting_and_path(no_env: pytes
     assert str(err.value) == f"bad setting {name} ({env_name}): no such file {missing}"
 
 
-@pytest.mark.parametrize("section", ["DATABASE", "MQTT", "UPLINK__TARGETS__NAT"])
-def test_a_secret_given_twice_is_refused(no_env: pytest.MonkeyPatch, tmp_path: Path, section: str) -> None:
+@pytest.mark.parametrize(("section", "name"), [("DATABASE", "password"), ("MQTT", "password"),
+                                               ("UPLINK__TARGETS__NAT", "pin")])
+def test_a_secret_given_twice_is_refused(no_env: pytest.MonkeyPatch, tmp_path: Path, section: str,
+                                         name: str) -> None:
     no_env.setenv("NHJC_UPLINK__TARGETS__NAT__URL", "https://nat.example")
-    no_env.setenv(f"NHJC_{section}__PASSWORD", PIN)
-    no_env.setenv(f"NHJC_{section}__PASSWORD_FILE", str(secret_file(tmp_path, "pw", PIN)))
-    with pytest.raises(SettingsError, match="give password or password_file, not both") as err:
+    no_env.setenv(f"NHJC_{section}__{name.upper()}", PIN)
+    no_env.setenv(f"NHJC_{section}__{name.upper()}_FILE", str(secret_file(tmp_path, "pw", PIN)))
+    with pytest.raises(SettingsError, match=f"give {name} or {name}_file, not both") as err:
         load_settings()
-    assert f"NHJC_{section}__PASSWORD_FILE" in str(err.value)
+    assert f"NHJC_{section}__{name.upper()}_FILE" in str(err.value)
     assert_no_secret(str(err.value))
 
 
@@ -192,9 +194,9 @@ def every_secret_env(tmp_path: Path, db_url: str, mqtt_url: str, *, db_password_
         "NHJC_MQTT__URL": mqtt_url, "NHJC_MQTT__USERNAME": "pipeline", "NHJC_MQTT__PASSWORD": MQTT_PW,
         "NHJC_MQTT__RECONNECT_MAX_S": "1",
         "NHJC_UPLINK__TARGETS__NAT__URL": f"http://127.0.0.1:{free_port()}",
-        "NHJC_UPLINK__TARGETS__NAT__FLAVOUR": "token",
-        "NHJC_UPLINK__TARGETS__NAT__PASSWORD": PIN,
-        "NHJC_UPLINK__TARGETS__NAT__SM4_KEY_FILE": str(secret_file(tmp_path, "sm4", SM4)),
+        "NHJC_UPLINK__TARGETS__NAT__FLAVOUR": "yunnan",
+        "NHJC_UPLINK__TARGETS__NAT__PIN": PIN,
+        "NHJC_UPLINK__TARGETS__NAT__SECRET_FILE": str(secret_file(tmp_path, "sm4", SM4)),
     }
     if db_password_in_url:
         user, _, rest = db_url.removeprefix("postgresql://").partition("@")

@@ -14,9 +14,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 __all__ = [
+    "CODE_PARTS",
     "TOTAL_CODE",
     "ItemConfig",
     "Record",
+    "code_parts",
     "energy_of",
     "local_text",
     "scope_of",
@@ -55,6 +57,28 @@ def energy_of(data_code: str) -> str:
     """The 4-digit energy kind inside a data code (``..-cceeee-..``), "0000" if none."""
     m = _DATA_CODE.match(data_code)
     return m.group(1) if m else "0000"
+
+
+# The parts of a data code ``pp-uu-eeee-cceeee-dd`` as the item configuration names
+# them: process (2 digits), process unit (2), equipment (2) and equipment unit (2),
+# energy class (2) and energy type (4), data usage (2).
+CODE_PARTS = ("processCode", "processUnitCode", "equipmentCode", "equipmentUnitCode",
+              "energyClassCode", "energyTypeCode", "dataUsageCode")
+_PART_WIDTHS = (2, 2, 2, 2, 2, 4, 2)
+
+
+def code_parts(data_code: str) -> dict[str, str]:
+    """A data code's parts by their wire names (hyphens optional in the code);
+    ValueError when it is not 16 digits."""
+    digits = data_code.replace("-", "")
+    if len(digits) != sum(_PART_WIDTHS) or not digits.isascii() or not digits.isdigit():
+        raise ValueError(f"not a data code of 16 digits: {data_code!r}")
+    parts: dict[str, str] = {}
+    at = 0
+    for name, width in zip(CODE_PARTS, _PART_WIDTHS, strict=True):
+        parts[name] = digits[at:at + width]
+        at += width
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
