@@ -212,7 +212,7 @@ async def test_yunnan_over_http() -> None:
             return {"enterpriseCode": enterprise, "password": yunnan_password(SECRET, enterprise, pin)}
 
         wrong = await post(p.url + "/requestAK", ak(E1, "999999"))
-        assert wrong == (200, {"responseCode": "401", "responseMessage": "密码错误"})
+        assert wrong == (401, {"responseCode": "401", "responseMessage": "密码错误"})
         assert (await post(p.url + "/requestAK", ak(E2, PIN)))[1]["responseCode"] == "401"  # E2 has its own PIN
         status, reply = await post(p.url + "/requestAK", ak(E1, PIN))
         assert (status, reply["responseCode"]) == (200, "200")

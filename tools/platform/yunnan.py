@@ -11,8 +11,9 @@
                            missing, expired or another enterprise's
 =========================  ========================================================
 
-Success is ``"200"`` on every call.  A wrong password answers HTTP 200 with
-responseCode ``"401"`` and 密码错误.
+Success is ``"200"`` on every call.  A wrong password answers HTTP 401 with
+responseCode ``"401"`` and 密码错误 (what live platforms answer is not published), an
+enterprise without a PIN here responseCode ``"404"``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Yunnan:
         except ValueError:  # SM4Error: not a PIN block under this secret and credit code
             given = None
         if given is None or not secrets.compare_digest(given, pin):
-            return reply("401", "密码错误")
+            return reply("401", "密码错误", status=401)
         st, ttl = self.p.state, self.p.mode.token_ttl_s
         token = secrets.token_hex(16)
         st.tokens[token] = (enterprise, self.p.clock() + ttl)
