@@ -22,7 +22,7 @@ from runtime.runner import RunnerEvents
 from tools.clock import FakeClock
 from tools.guest import drop_database, migrated_database
 from tools.platform.mock import MockPlatform
-from tools.platform.targets import PIN, SM4_KEY, TZ, local, target
+from tools.platform.targets import TZ, local, target
 from uplink.stage import Uplink
 
 START = local(2026, 11, 28, 8, 0)
@@ -49,7 +49,7 @@ async def seed(dsn: str, n_ent: int, n_items: int, n_periods: int) -> int:
 
 async def deliver(dsn: str, flavour: str, expected: int, n_periods: int, concurrency: int) -> float:
     clock = FakeClock(START + timedelta(minutes=15 * n_periods + 2))
-    async with MockPlatform(name=flavour, password=PIN, sm4_key=SM4_KEY) as platform:
+    async with MockPlatform(name=flavour, flavour=flavour) as platform:
         pool = await asyncpg.create_pool(dsn, min_size=2, max_size=6)
         try:
             settings = target(platform.url, flavour=flavour, batch_size=200, concurrency=concurrency,
@@ -72,9 +72,8 @@ async def deliver(dsn: str, flavour: str, expected: int, n_periods: int, concurr
 
 
 async def main(args: argparse.Namespace) -> None:
-    # The token flavour is gone; the one-record-per-call flavours (shandong, yunnan) join
-    # here once the mock platform speaks them.
-    for flavour, concurrency in (("gbt37947", 4),):
+    # Shandong sends one record per call, hence the higher concurrency.
+    for flavour, concurrency in (("gbt37947", 4), ("yunnan", 4), ("shandong", 16)):
         dsn = await migrated_database()
         try:
             n = await seed(dsn, args.enterprises, args.items, args.periods)

@@ -1,5 +1,6 @@
 """``nhjc demo``: the whole pipeline on this machine, in one process, with a live summary
-(docs/demo.md).  Migrations, two mock platforms (provincial, national), the service
+(docs/demo.md).  Migrations, three mock platforms (anhui, shandong, yunnan: one per
+uplink flavour), the service
 pointed at them, and the simulator replaying the recent past on an accelerated clock."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from nhjc.simulate import _faults, _speed, parse_duration, settings_kwargs
 from nhjc.startup import DATABASE_ERRORS, database_problem
 from runtime.migrate import migrate
 from tools.guest import GuestError, PrivateBroker, scratch_database
-from tools.platform.mock import DEFAULT_PASSWORD, DEFAULT_SM4_KEY, MockPlatform
+from tools.platform.mock import DEFAULT_PIN, DEFAULT_SECRET, MockPlatform
 from tools.sim import Counters, FaultSpec, PublishError, Simulator
 from tools.sim.frames import CST
 
@@ -36,6 +37,8 @@ __all__ = ["configure_demo", "main_demo"]
 log = logging.getLogger("nhjc.demo")
 
 STAT_NAMES = {0: "15 min", 1: "day", 2: "month", 3: "year"}
+# The demo's mock platforms and targets: one of each uplink flavour.
+PLATFORMS = (("anhui", "gbt37947"), ("shandong", "shandong"), ("yunnan", "yunnan"))
 SQL_EVERY_S = 3.0
 PLAIN_EVERY_S = 3.0
 
@@ -72,10 +75,9 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop by itself after this many real seconds (default: until Ctrl-C)")
-    p.add_argument("--provincial-port", type=int, default=0, metavar="PORT",
-                   help="port of the mock provincial platform (default: a free one)")
-    p.add_argument("--national-port", type=int, default=0, metavar="PORT",
-                   help="port of the mock national platform (default: a free one)")
+    for name, flavour in PLATFORMS:
+        p.add_argument(f"--{name}-port", type=int, default=0, metavar="PORT",
+                       help=f"port of the mock {name} platform ({flavour}; default: a free one)")
     p.add_argument("--use-configured", action="store_true",
                    help="run on the configured broker and database instead of the demo's own "
                         "(the demo's enterprises, items and retained messages then stay there)")
@@ -128,14 +130,16 @@ def guest_settings(settings: Settings, broker_url: str, database_url: str) -> Se
         "mqtt": mqtt, "database": settings.database.model_copy(update={"url": url})})
 
 
-def demo_settings(settings: Settings, provincial_url: str, national_url: str, metrics_port: int) -> Settings:
-    """The user's settings (broker, database, ...) with the two mock platforms as the
-    only uplink targets and the given metrics port."""
-    targets = {
-        "provincial": TargetSettings(url=provincial_url),
-        "national": TargetSettings(url=national_url, flavour="token", password=DEFAULT_PASSWORD,
-                                   sm4_key=DEFAULT_SM4_KEY),
-    }
+def demo_settings(settings: Settings, urls: dict[str, str], metrics_port: int) -> Settings:
+    """The user's settings (broker, database, ...) with the mock platforms (``urls`` by
+    the names of :data:`PLATFORMS`) as the only uplink targets and the given metrics
+    port.  The Yunnan target carries the PIN and secret its mock platform expects of
+    every enterprise."""
+    flavours = dict(PLATFORMS)
+    targets = {name: TargetSettings(url=url, flavour=flavours[name],
+                                    **({"pin": DEFAULT_PIN, "secret": DEFAULT_SECRET}
+                                       if flavours[name] == "yunnan" else {}))
+               for name, url in urls.items()}
     return settings.model_copy(update={
         "uplink": settings.uplink.model_copy(update={"targets": targets}),
         "metrics": settings.metrics.model_copy(update={"port": metrics_port}),
@@ -345,8 +349,9 @@ async def _demo_on(args: argparse.Namespace, settings: Settings, notes: list[str
 
     platforms: list[MockPlatform] = []
     try:
-        for name, p in (("provincial", args.provincial_port), ("national", args.national_port)):
-            platforms.append(await MockPlatform(name=name, port=p).start())
+        for name, flavour in PLATFORMS:
+            port_arg = getattr(args, f"{name}_port")
+            platforms.append(await MockPlatform(name=name, flavour=flavour, port=port_arg).start())
     except OSError as exc:
         print(f"nhjc demo: mock platform: {exc}", file=sys.stderr)
         for p in platforms:
@@ -383,7 +388,7 @@ async def finish_simulator(task: asyncio.Task[Counters]) -> None:
 async def _run(args: argparse.Namespace, settings: Settings, platforms: list[MockPlatform],
                metrics_port: int, notes: list[str]) -> int:
     registry = CollectorRegistry()
-    service = Service(demo_settings(settings, platforms[0].url, platforms[1].url, metrics_port),
+    service = Service(demo_settings(settings, {p.name: p.url for p in platforms}, metrics_port),
                       registry=registry)
     since = math.floor((time.time() - args.history) / 900) * 900.0  # a whole quarter
     try:

@@ -67,8 +67,8 @@ def _run_demo(env: dict[str, str], tmp: Path, *extra: str,
     proc.stdout.close()  # a pipe left open warns when collected
     out = "".join(lines)
     assert rc == 0, out + (tmp / "stderr.log").read_text()
-    for section in ("readings accepted", "quarantine", "periods", "uplink provincial", "national",
-                    "completeness", "simulator", "platforms: provincial http://127.0.0.1:"):
+    for section in ("readings accepted", "quarantine", "periods", "uplink anhui", "shandong", "yunnan",
+                    "completeness", "simulator", "platforms: anhui http://127.0.0.1:"):
         assert section in out, f"{section!r} missing from:\n{out}"
     assert out.rstrip().endswith("nhjc demo: stopped")
     return rc, out

@@ -189,7 +189,7 @@ def test_an_empty_secret_file_is_refused(no_env: pytest.MonkeyPatch, tmp_path: P
 
 def every_secret_env(tmp_path: Path, db_url: str, mqtt_url: str, *, db_password_in_url: bool) -> dict[str, str]:
     """Every secret setting filled: the database password in the URL or from a file,
-    the broker password, and a token target's PIN and SM4 key."""
+    the broker password, and a Yunnan target's PIN and secret."""
     env = {
         "NHJC_MQTT__URL": mqtt_url, "NHJC_MQTT__USERNAME": "pipeline", "NHJC_MQTT__PASSWORD": MQTT_PW,
         "NHJC_MQTT__RECONNECT_MAX_S": "1",
@@ -224,7 +224,7 @@ def test_commands_against_an_unreachable_database_show_no_secret(tmp_path: Path,
 
 def test_a_running_service_shows_no_secret_in_logs_metrics_or_stored_errors(db: str, tmp_path: Path) -> None:
     """`nhjc run` at DEBUG with every secret set, the broker password from a file and
-    accepted by a broker that checks it, and a token platform that refuses our PIN: the
+    accepted by a broker that checks it, and a Yunnan platform that refuses our PIN: the
     readings flow, the uplink fails on authentication, and no secret shows anywhere."""
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "pipeline", MQTT_PW], check=True)
@@ -235,7 +235,8 @@ def test_a_running_service_shows_no_secret_in_logs_metrics_or_stored_errors(db: 
     platform_log = tmp_path / "platform.log"
     with platform_log.open("wb") as out:
         platform = subprocess.Popen(
-            [sys.executable, "-m", "nhjc", "mock-platform", "--port", str(platform_port), "--name", "nat"],
+            [sys.executable, "-m", "nhjc", "mock-platform", "--port", str(platform_port), "--name", "nat",
+             "--flavour", "yunnan"],
             cwd=ROOT, env=clean_env(), stdout=out, stderr=subprocess.STDOUT)
     gw: Gateway | None = None
     svc: ServiceProcess | None = None
@@ -259,7 +260,7 @@ def test_a_running_service_shows_no_secret_in_logs_metrics_or_stored_errors(db: 
         first = int(time.time()) // 900 * 900 - 3600
         gw.readings([{"code": code, "ts": first + i * 300, "value": 100.0 + i} for i in range(10)])
         wait_count(db, "SELECT count(*) FROM readings", 10)
-        # the platform refuses the token request (our key is not its key): errors stored
+        # the platform refuses the token request (our secret is not its secret): errors stored
         wait_for(lambda: query(db, "SELECT count(*) FROM uplink_outbox WHERE last_error IS NOT NULL")[0][0] > 0,
                  60, "a refused token request recorded in the outbox")
         _, metrics = svc.http("/metrics")

@@ -103,8 +103,8 @@ async def test_every_due_period_reaches_both_targets_with_the_right_fields(db: s
     clock, registry = FakeClock(NOW), CollectorRegistry()
     expected = {wire_key(e, c, st, t) for e in (E1, E2) for c, st, t, _ in DUE}
     async with MockPlatform(name="provincial") as prov, \
-            MockPlatform(name="national") as nat, \
-            uplink_for(db, {"provincial": target(prov.url), "national": target(nat.url)},
+            MockPlatform(name="national", flavour="yunnan") as nat, \
+            uplink_for(db, {"provincial": target(prov.url), "national": target(nat.url, flavour="yunnan")},
                        clock, registry) as up:
         async with running(up):
             for p in (prov, nat):
@@ -124,10 +124,10 @@ async def test_every_due_period_reaches_both_targets_with_the_right_fields(db: s
                     assert r["count"] == 1
             stats = p.stats()
             assert stats["resends"] == 0 and stats["rejected_requests"] == 0
-        for p in (prov, nat):
-            assert p.stats()["devices"] == 2 and p.stats()["config_uploads"] == 2
-            # One request per enterprise and period batch, not per record.
-            assert p.stats()["requests"]["data"] == 2
+        assert prov.stats()["devices"] == 2 and prov.stats()["config_uploads"] == 2
+        assert nat.stats()["tokens_issued"] == 2
+        # One request per enterprise and period batch, not per record, for the batch flavours.
+        assert prov.stats()["requests"]["data"] == 2 and nat.stats()["requests"]["data"] == 2
 
         for name in ("provincial", "national"):
             rows = await outbox(db, name)

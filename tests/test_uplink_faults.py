@@ -3,6 +3,7 @@ of delivery, rejections, the HTTP status rules, time-outs."""
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 import asyncpg
@@ -15,6 +16,7 @@ from tests.test_uplink_support import (
     E2,
     GAS,
     POWER,
+    TOTAL,
     control,
     loops,
     outbox,
@@ -42,8 +44,8 @@ async def test_one_target_down_then_back_the_other_stays_current(db: str) -> Non
     await seed(db)
     clock, registry = FakeClock(NOW), CollectorRegistry()
     async with MockPlatform(name="provincial", mode=Mode(down=True)) as prov, \
-            MockPlatform(name="national") as nat, \
-            uplink_for(db, {"provincial": target(prov.url), "national": target(nat.url)},
+            MockPlatform(name="national", flavour="yunnan") as nat, \
+            uplink_for(db, {"provincial": target(prov.url), "national": target(nat.url, flavour="yunnan")},
                        clock, registry) as up, running(up):
         await wait_until(lambda: has(nat.url, FIRST), "national current")
         await wait_until(lambda: settled(db, "provincial"), "provincial tried")
@@ -63,7 +65,7 @@ async def test_one_target_down_then_back_the_other_stays_current(db: str) -> Non
                 clock.set(start + timedelta(minutes=16))  # due: closed a minute ago
                 due_now = {wire_key(e, GAS, 0, start) for e in (E1, E2)}
                 later |= due_now
-                await wait_until(lambda d=due_now: has(nat.url, d), f"national gets {start:%H:%M}")
+                await wait_until(functools.partial(has, nat.url, due_now), f"national gets {start:%H:%M}")
                 got = await received(nat.url)
                 assert {got[k]["uploadDate"] for k in due_now} == {clock.now.strftime("%Y-%m-%d %H:%M:%S")}
                 assert not await received(prov.url)
@@ -235,3 +237,26 @@ async def test_time_out_is_retried(db: str) -> None:
         await loops(up)
 
 
+async def test_an_expired_token_is_renewed(db: str) -> None:
+    await seed(db)
+    clock, registry = FakeClock(NOW), CollectorRegistry()
+    async with MockPlatform(name="p", flavour="yunnan") as nat, \
+            uplink_for(db, {"p": target(nat.url, flavour="yunnan")}, clock, registry) as up, running(up):
+        await wait_until(lambda: has(nat.url, FIRST), "first delivery")
+        assert nat.stats()["tokens_issued"] == 2
+        await control(nat.url, expire_tokens=True)
+        conn = await asyncpg.connect(db)
+        try:
+            await put(conn, E2, TOTAL, 0, local(2026, 11, 28, 12, 0), 99.0)
+        finally:
+            await conn.close()
+        key = wire_key(E2, TOTAL, 0, local(2026, 11, 28, 12, 0))
+
+        async def redelivered() -> bool:
+            return bool((await received(nat.url))[key]["dataValue"] == 99.0)
+
+        await wait_until(redelivered, "the change, after a new token")
+        stats = nat.stats()
+        assert stats["tokens_issued"] == 3  # one refresh, for the enterprise that sent
+        assert count(registry, "nhjc_uplink_retries_total", target="p", reason="auth") == 0
+        assert stats["resends"] == 1

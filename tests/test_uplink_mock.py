@@ -17,8 +17,8 @@ import pytest
 from tests.services import ROOT
 from tests.test_uplink_support import E1, E2, GAS, POWER, control, get_json
 from tools.platform.mock import MockPlatform
-from tools.platform.targets import PIN, SM4_KEY
-from uplink.sm4_pin import encrypt_pin
+from tools.platform.targets import PIN, SECRET
+from uplink.sm4 import encrypt_field, yunnan_password
 
 # The fixtures live in the session's loop (asyncio_default_fixture_loop_scope); so do the tests.
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -26,8 +26,19 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 @pytest.fixture
 async def platform() -> AsyncIterator[MockPlatform]:
-    async with MockPlatform(name="test", password=PIN, sm4_key=SM4_KEY) as p:
+    async with MockPlatform(name="test") as p:
         yield p
+
+
+def parts(code: str) -> dict[str, str]:
+    pp, uu, eq, ce, dd = code.split("-")
+    return {"processCode": pp, "processUnitCode": uu, "equipmentCode": eq[:2], "equipmentUnitCode": eq[2:],
+            "energyClassCode": ce[:2], "energyTypeCode": ce[2:], "dataUsageCode": dd}
+
+
+def profile(enterprise: str) -> dict[str, Any]:
+    return {"code": enterprise, "corporationCode": enterprise, "name": "测试企业", "regionCode": "340100",
+            "address": "合肥市"}
 
 
 async def post(url: str, body: Any, **kw: Any) -> tuple[int, Any]:
@@ -45,13 +56,14 @@ def rec(**over: Any) -> dict[str, Any]:
 async def registered(p: MockPlatform, enterprise: str = E1) -> dict[str, Any]:
     status, reply = await post(p.url + "/register", {"enterpriseCode": enterprise, "region": "340100"})
     assert status == 200 and reply["responseCode"] == "0", reply
-    items = [{"dataCode": POWER, "name": "电", "energyTypeCode": "3300", "scope": 2, "inputType": 4,
-              "statType": 0, "dataValueMax": 500.0, "dataValueMin": 0},
-             {"dataCode": GAS, "name": "气", "energyTypeCode": "1500", "scope": 1, "inputType": 4,
-              "statType": 0}]
+    items = [{"dataCode": POWER, "name": "电", **parts(POWER), "scope": 2, "inputType": 4,
+              "statType": 0, "dataValueMax": 500.0, "dataValueMin": 0, "collectSystemName": "nhjc"},
+             {"dataCode": GAS, "name": "气", **parts(GAS), "scope": 1, "inputType": 4,
+              "statType": 0, "collectSystemName": "nhjc"}]
     status, ok = await post(reply["centerInfoURL"], {"enterpriseCode": enterprise, "deviceId": reply["deviceId"],
-                                                      "collectItemConfig": items})
+                                                      "collectItemConfig": items, "enterprise": profile(enterprise)})
     assert status == 200 and ok["responseCode"] == "0", ok
+    assert isinstance(reply, dict)
     return reply
 
 
@@ -62,6 +74,11 @@ async def test_register_gives_device_urls_and_upload_time(platform: MockPlatform
     assert reply["deviceId"] and reply["uploadTime"] == "00:10:00"
     assert reply["centerInfoURL"] == platform.url + "/config"
     assert reply["centerDataURL"] == platform.url + "/data"
+    assert len(reply["deviceId"]) == 32 and int(reply["deviceId"], 16) >= 0
+    assert (reply["loadDicVersionURL"], reply["centerMeteringDataUrl"]) == (
+        platform.url + "/dicVersion", platform.url + "/metering")
+    assert (reply["centerInfoDownloadURL"], reply["downloadBaseDataURL"]) == (
+        platform.url + "/download/config", platform.url + "/download/base")
     for bad in ({"enterpriseCode": E1[:-1] + "0", "region": "340100"}, {"enterpriseCode": E1, "region": "34"}):
         status, reply = await post(platform.url + "/register", bad)
         assert status == 400 and reply["responseMessage"]
@@ -125,27 +142,91 @@ async def test_not_a_number_and_missing_fields(platform: MockPlatform) -> None:
 
 async def test_data_needs_registration_and_configuration(platform: MockPlatform) -> None:
     status, reply = await post(platform.url + "/data", {"enterpriseCode": E2, "deviceId": "nope", "data": [rec()]})
-    assert status == 200 and reply["responseCode"] == "2"  # unknown device: retryable
+    # unknown device: the live platforms' words, which ask for a new registration
+    assert (status, reply) == (200, {"responseCode": "1", "responseMessage": "序列号与企业统一社会信用代码不符"})
     _, reg = await post(platform.url + "/register", {"enterpriseCode": E2, "region": "340200"})
     status, reply = await post(reg["centerDataURL"], {"enterpriseCode": E2, "deviceId": reg["deviceId"],
                                                       "data": [rec()]})
     assert status == 200 and reply["responseCode"] == "3" and "not configured" in reply["responseMessage"]
 
 
-async def test_token_flavour(platform: MockPlatform) -> None:
-    status, reply = await post(platform.url + "/token",
-                               {"enterpriseCode": E1, "password": encrypt_pin("999999", E1, bytes.fromhex(SM4_KEY))})
-    assert status == 400 and reply["responseMessage"] == "wrong password"
-    status, reply = await post(platform.url + "/token",
-                               {"enterpriseCode": E1, "password": encrypt_pin(PIN, E1, bytes.fromhex(SM4_KEY))})
-    assert status == 200 and reply["token"]
-    bearer = {"Authorization": f"Bearer {reply['token']}"}
-    assert (await post(platform.url + "/record", {"enterpriseCode": E1, **rec()}))[0] == 401
-    assert (await post(platform.url + "/record", {"enterpriseCode": E2, **rec()}, headers=bearer))[0] == 401
-    status, ok = await post(platform.url + "/record", {"enterpriseCode": E1, **rec()}, headers=bearer)
-    assert (status, ok["responseCode"]) == (200, "0")
-    await control(platform.url, expire_tokens=True)
-    assert (await post(platform.url + "/record", {"enterpriseCode": E1, **rec()}, headers=bearer))[0] == 401
+async def test_configuration_checks_the_profile_and_code_parts(platform: MockPlatform) -> None:
+    _, reg = await post(platform.url + "/register", {"enterpriseCode": E1, "region": "340100"})
+    item = {"dataCode": POWER, "name": "电", **parts(POWER), "scope": 2, "inputType": 4, "statType": 0,
+            "collectSystemName": "nhjc"}
+    body = {"enterpriseCode": E1, "deviceId": reg["deviceId"], "collectItemConfig": [item],
+            "enterprise": profile(E1)}
+    for change, named in (({"enterprise": None}, "enterprise is not"),
+                          ({"enterprise": {**profile(E1), "code": E2, "corporationCode": E2}}, "enterprise.code"),
+                          ({"enterprise": {**profile(E1), "regionCode": "34"}}, "regionCode"),
+                          ({"collectItemConfig": [{**item, "equipmentCode": "01"}]}, "equipmentCode"),
+                          ({"collectItemConfig": [{**item, "collectSystemName": ""}]}, "collectSystemName")):
+        status, reply = await post(reg["centerInfoURL"], {**body, **change})
+        assert status == 400 and named in reply["responseMessage"], (change, reply)
+    assert (await post(reg["centerInfoURL"], body))[1]["responseCode"] == "0"
+    configs = await get_json(platform.url, "/_configs")
+    assert configs[E1]["enterprise"]["address"] == "合肥市"
+
+
+async def test_dictionary_version_changes_through_control(platform: MockPlatform) -> None:
+    _, reg = await post(platform.url + "/register", {"enterpriseCode": E1, "region": "340100"})
+    status, reply = await post(reg["loadDicVersionURL"], {"deviceId": reg["deviceId"]})
+    assert (status, reply["responseCode"], reply["regVersion"], reply["dicVersion"]) == (200, "0", "1", "1")
+    await control(platform.url, dic_version="2")
+    assert (await post(reg["loadDicVersionURL"], {"deviceId": reg["deviceId"]}))[1]["dicVersion"] == "2"
+    assert (await post(reg["loadDicVersionURL"], {"deviceId": "nope"}))[0] == 400
+
+
+async def test_shandong_over_http() -> None:
+    async with MockPlatform(name="sd", flavour="shandong") as p:
+        status, reg = await post(p.url + "/enterprise/register", {"enterpriseCode": E1, "region": "340100"})
+        assert (status, reg["responseCode"]) == (200, "0") and "centerInfoURL" not in reg
+        assert reg["centerDataURL"] == p.url + "/enterprise/uploadData" and len(reg["secretKey"]) == 32
+        key = bytes.fromhex(reg["secretKey"])
+        fields = {k: encrypt_field(key, str(v).lower() if isinstance(v, bool) else str(v))
+                  for k, v in rec(valid="0").items()}
+        body = {"deviceId": reg["deviceId"], "enterpriseCode": E1, "data": [fields]}
+        assert (await post(reg["centerDataURL"], body))[1]["responseCode"] == "0"
+        (stored,) = await get_json(p.url, "/_records")
+        assert stored == {**rec(valid="0"), "enterpriseCode": E1, "count": 1, "changed": 0}
+        decrypt_failed = {"responseCode": "1", "responseMessage": "解密失败！"}
+        for broken in ({**fields, "dataValue": "zz"}, {**fields, "scope": fields["scope"][:-2]}):
+            assert await post(reg["centerDataURL"], {**body, "data": [broken]}) == (200, decrypt_failed)
+        assert (await post(reg["centerDataURL"], {**body, "data": [fields, fields]}))[0] == 400
+        # A rotated key: the old one no longer decrypts; the next registration gives the new one.
+        await control(p.url, rotate_keys=True)
+        assert await post(reg["centerDataURL"], body) == (200, decrypt_failed)
+        _, again = await post(p.url + "/enterprise/register", {"enterpriseCode": E1, "region": "340100"})
+        assert again["secretKey"] != reg["secretKey"]
+        new = {k: encrypt_field(bytes.fromhex(again["secretKey"]), sm4_text) for k, sm4_text in
+               (("dataCode", POWER), ("dataValue", "1300.0"), ("inputType", "4"), ("statType", "0"),
+                ("statDate", "2026-11-28 12:00:00"), ("uploadDate", "2026-11-28 12:16:02"), ("scope", "2"),
+                ("valid", "0"))}
+        assert (await post(reg["centerDataURL"], {**body, "data": [new]}))[1]["responseCode"] == "0"
+        assert (await get_json(p.url, "/_stats"))["changed"] == 1
+
+
+async def test_yunnan_over_http() -> None:
+    async with MockPlatform(name="yn", flavour="yunnan", pins={E2: "8642"}) as p:
+        def ak(enterprise: str, pin: str) -> dict[str, str]:
+            return {"enterpriseCode": enterprise, "password": yunnan_password(SECRET, enterprise, pin)}
+
+        wrong = await post(p.url + "/requestAK", ak(E1, "999999"))
+        assert wrong == (401, {"responseCode": "401", "responseMessage": "密码错误"})
+        assert (await post(p.url + "/requestAK", ak(E2, PIN)))[1]["responseCode"] == "401"  # E2 has its own PIN
+        status, reply = await post(p.url + "/requestAK", ak(E1, PIN))
+        assert (status, reply["responseCode"]) == (200, "200")
+        assert set(reply["data"]) == {"token", "akExpiresIn", "akValidAt", "enterpriseUploadTime", "platformURL"}
+        assert reply["data"]["akExpiresIn"] == 7200
+        bearer = {"Authorization": f"Bearer {reply['data']['token']}"}
+        body = {"enterpriseCode": E1, "data": [rec()]}
+        assert (await post(p.url + "/uploadData", body))[0] == 401
+        assert (await post(p.url + "/uploadData", {**body, "enterpriseCode": E2}, headers=bearer))[0] == 401
+        status, ok = await post(p.url + "/uploadData", body, headers=bearer)
+        assert (status, ok["responseCode"]) == (200, "200")
+        await control(p.url, expire_tokens=True)
+        assert (await post(p.url + "/uploadData", body, headers=bearer))[0] == 401
+        assert (await post(p.url + "/requestAK", ak(E2, "8642")))[1]["responseCode"] == "200"
 
 
 async def test_injected_failures(platform: MockPlatform) -> None:
@@ -155,18 +236,33 @@ async def test_injected_failures(platform: MockPlatform) -> None:
         await post(platform.url + "/register", body)
     await control(platform.url, down=False, fail_status=503)
     assert (await post(platform.url + "/register", body))[0] == 503
-    await control(platform.url, fail_status=None, fail_code="1")
+    await control(platform.url, fail_status=None, fail_code="7")
     status, reply = await post(platform.url + "/register", body)
-    assert (status, reply["responseCode"]) == (200, "1")
+    assert (status, reply["responseCode"]) == (200, "7")
+    for flag, message in (("busy", "系统繁忙，请稍后再试"), ("mismatch", "序列号与企业统一社会信用代码不符"),
+                          ("decrypt_failure", "解密失败！")):
+        await control(platform.url, fail_code=None, **{flag: True})
+        assert await post(platform.url + "/register", body) == (200, {"responseCode": "1",
+                                                                      "responseMessage": message})
+        await control(platform.url, **{flag: False})
     await control(platform.url, fail_code=None, slow_s=30.0)
     with pytest.raises(TimeoutError):
         await post(platform.url + "/register", body, timeout=aiohttp.ClientTimeout(total=0.2))
     await control(platform.url, slow_s=0.0)
     assert (await post(platform.url + "/register", body))[0] == 200
     stats = await get_json(platform.url, "/_stats")
-    assert stats["failed"] == {"down": 1, "status": 1, "code": 1, "slow": 1}
+    assert stats["failed"] == {"down": 1, "status": 1, "code": 4, "slow": 1}
     async with aiohttp.ClientSession() as s, s.post(platform.url + "/_control", json={"nonsense": 1}) as r:
         assert r.status == 400
+
+
+async def test_refused_data_code_answers_200(platform: MockPlatform) -> None:
+    reg = await registered(platform)
+    await control(platform.url, refuse_codes=[GAS])
+    batch = {"enterpriseCode": E1, "deviceId": reg["deviceId"], "data": [rec(), rec(dataCode=GAS, scope=1)]}
+    status, reply = await post(reg["centerDataURL"], batch)
+    assert (status, reply["responseCode"]) == (200, "1") and GAS in reply["responseMessage"]
+    assert (await get_json(platform.url, "/_stats"))["records"] == 0
 
 
 async def test_fail_after_goes_down_after_n_data_requests(platform: MockPlatform) -> None:
@@ -183,7 +279,8 @@ async def test_command_line_runs_a_platform_until_sigterm() -> None:
     # As a context manager Popen closes its stdout pipe when done (left open, the file
     # object is only closed when collected, with a ResourceWarning).
     with subprocess.Popen(
-            [sys.executable, "-m", "tools.platform.mock", "--port", "0", "--name", "cli", "--fail-status", "503",
+            [sys.executable, "-m", "tools.platform.mock", "--port", "0", "--name", "cli", "--flavour", "yunnan",
+             "--fail-status", "503",
              "--reject-code", POWER],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)}) as proc:
@@ -193,7 +290,7 @@ async def test_command_line_runs_a_platform_until_sigterm() -> None:
             assert line.startswith("mock-platform cli listening on http://127.0.0.1:"), line
             url = line.split()[-1]
             stats = await get_json(url, "/_stats")
-            assert stats["name"] == "cli"
+            assert (stats["name"], stats["flavour"]) == ("cli", "yunnan")
             assert stats["mode"]["fail_status"] == 503 and stats["mode"]["reject_codes"] == [POWER]
         finally:
             proc.send_signal(signal.SIGTERM)

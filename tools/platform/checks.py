@@ -15,11 +15,19 @@ from typing import Any
 
 from ingest.credit_code import is_valid
 
-__all__ = ["check_config_item", "check_enterprise", "check_record", "parse_platform_time", "record_key"]
+__all__ = [
+    "check_config_item", "check_enterprise", "check_profile", "check_record", "parse_platform_time", "record_key",
+]
 
 _DATA_CODE = re.compile(r"^(\d{2})-(\d{2})-(\d{4})-(\d{6})-(\d{2})$")
 _TIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 _ENERGY = re.compile(r"^\d{4}$")
+_REGION = re.compile(r"^\d{6}$")
+# The data code's parts as the configuration names them, from the code's groups:
+# process, process unit, equipment and its unit (the third group split), energy class
+# and type (the fourth group split), data usage.
+_PARTS = ("processCode", "processUnitCode", "equipmentCode", "equipmentUnitCode", "energyClassCode",
+          "energyTypeCode", "dataUsageCode")
 
 
 def _is_int(v: Any) -> bool:
@@ -114,8 +122,30 @@ def check_record(rec: Any) -> str | None:
     return None
 
 
-def check_config_item(item: Any) -> str | None:
-    """One collectItemConfig entry."""
+def _parts_of(code: str) -> dict[str, str]:
+    m = _DATA_CODE.match(code)
+    assert m is not None
+    pp, uu, eq, ce, dd = m.groups()
+    return dict(zip(_PARTS, (pp, uu, eq[:2], eq[2:], ce[:2], ce[2:], dd), strict=True))
+
+
+def check_profile(profile: Any, enterprise: str) -> str | None:
+    """The configuration's ``enterprise`` object: this enterprise's credit code, a name
+    and a 6-digit region."""
+    if not isinstance(profile, dict):
+        return "enterprise is not a JSON object"
+    if profile.get("code") != enterprise and profile.get("corporationCode") != enterprise:
+        return f"enterprise.code {profile.get('code')!r} is not the request's enterpriseCode"
+    if not isinstance(profile.get("name"), str) or not profile["name"]:
+        return "enterprise.name is empty"
+    if not isinstance(profile.get("regionCode"), str) or not _REGION.match(profile["regionCode"]):
+        return f"enterprise.regionCode {profile.get('regionCode')!r} is not a 6-digit administrative code"
+    return None
+
+
+def check_config_item(item: Any, *, parts: bool = False) -> str | None:
+    """One collectItemConfig entry; with ``parts``, also the data code's parts and
+    ``collectSystemName``."""
     if not isinstance(item, dict):
         return "a configuration entry is not a JSON object"
     missing = [f for f in ("dataCode", "name", "energyTypeCode", "scope", "inputType", "statType")
@@ -137,6 +167,12 @@ def check_config_item(item: Any) -> str | None:
     for f in ("dataValueMax", "dataValueMin"):
         if f in item and item[f] is not None and not _is_number(item[f]):
             return f"{f} {item[f]!r} is not a finite number"
+    if parts:
+        for name, value in _parts_of(item["dataCode"]).items():
+            if item.get(name) != value:
+                return f"{name} {item.get(name)!r} is not {value!r}, that part of dataCode {item['dataCode']}"
+        if not isinstance(item.get("collectSystemName"), str) or not item["collectSystemName"]:
+            return "collectSystemName is empty"
     return None
 
 

@@ -1,25 +1,25 @@
-"""``nhjc mock-platform``: a provincial or national platform for demos and tests.
+"""``nhjc mock-platform --flavour gbt37947|shandong|yunnan``: a provincial platform for
+demos and tests, speaking one flavour as the uplink's adapters speak it.
 
-A real HTTP(S) server (aiohttp) speaking both flavours at once:
+A real HTTP(S) server (aiohttp).  The protocol calls are the flavour's
+(:mod:`tools.platform.gbt37947`, :mod:`tools.platform.shandong`,
+:mod:`tools.platform.yunnan`); every flavour has the same control calls:
 
 =========================  =====================================================
-``POST /register``         GB/T 37947: ``{enterpriseCode, region}`` -> deviceId, URLs
-``POST /config``           GB/T 37947: item configuration (centerInfoURL)
-``POST /data``             GB/T 37947: a batch of records (centerDataURL)
-``POST /token``            token flavour: ``{enterpriseCode, password}`` -> token
-``POST /record``           token flavour: one record, ``Authorization: Bearer``
 ``GET  /_stats``           what it received: counts, resends, rejections, mode
 ``GET  /_records``         every distinct record received, with its resend count
-``GET|POST /_control``     read or change the behaviour (see :class:`Mode`)
+``GET  /_configs``         the last item configuration per enterprise (gbt37947)
+``GET|POST /_control``     read or change the behaviour (see :class:`Mode`); POST
+                           also takes the actions ``expire_tokens`` (yunnan: every
+                           token refused from now on) and ``rotate_keys`` (shandong:
+                           every enterprise's field key replaced at once)
 ``POST /_reset``           forget everything received
 =========================  =====================================================
 
 It checks every record (:mod:`tools.platform.checks`), answers a request with any bad
 record with HTTP 400 naming it (and stores nothing of that request), deduplicates by
-(enterpriseCode, dataCode, statType, statDate) and counts resends.  It can be told to
-be down (connections dropped), slow, failing with an HTTP status or a non-"0"
-responseCode, rejecting everything or chosen data codes, or to fail after N more data
-requests.  The control endpoints never fail.
+(enterpriseCode, dataCode, statType, statDate) and counts resends.  The control
+endpoints never fail.
 """
 
 from __future__ import annotations
@@ -33,125 +33,87 @@ import secrets
 import signal
 import ssl
 import sys
-from dataclasses import asdict, dataclass, field, fields
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from tools.platform.checks import check_config_item, check_enterprise, check_record, record_key
-from uplink.sm4_pin import decrypt_pin
+from tools.platform.checks import check_record, record_key
+from tools.platform.state import (
+    DEVICE_MISMATCH,
+    FAILURE_CODE,
+    Handler,
+    Mode,
+    State,
+    Stored,
+    bad,
+    enterprise_of,
+    reply,
+)
 
-__all__ = ["MockPlatform", "Mode", "configure_mock_platform", "main_mock_platform"]
+__all__ = [
+    "DEFAULT_PIN", "DEFAULT_SECRET", "FLAVOURS", "MockPlatform", "Mode", "configure_mock_platform",
+    "main_mock_platform",
+]
 
 log = logging.getLogger("nhjc.mock_platform")
 
-DEFAULT_SM4_KEY = "0123456789abcdeffedcba9876543210"  # a demo key: never for production
-DEFAULT_PASSWORD = "123456"
+DEFAULT_SECRET = "nhjc-demo-secret-0123456789"  # yunnan: a demo secret, never for production
+DEFAULT_PIN = "123456"
+FLAVOURS = ("gbt37947", "shandong", "yunnan")
 _MAX_BATCH = 10_000
 
+class Speaker(Protocol):
+    """One flavour's protocol calls."""
 
-@dataclass
-class Mode:
-    """How the platform behaves; ``POST /_control`` with any of these fields changes it."""
+    success: str
 
-    down: bool = False                  # drop every protocol connection without answering
-    slow_s: float = 0.0                 # wait this long before answering
-    fail_status: int | None = None      # answer protocol calls with this HTTP status
-    fail_code: str | None = None        # answer 200 with this (non-"0") responseCode
-    reject: bool = False                # reject every data request (HTTP 400)
-    reject_codes: list[str] = field(default_factory=list)  # reject records with these dataCodes
-    fail_after: int | None = None       # accept this many more data requests, then go down
-    only: list[str] = field(default_factory=list)  # limit the failures above to these calls
-    upload_time: str = "00:10:00"       # what registration tells devices
-
-    def update(self, changes: dict[str, Any]) -> None:
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise ValueError(f"unknown control fields: {', '.join(sorted(unknown))}")
-        for k, v in changes.items():
-            setattr(self, k, v)
+    def routes(self) -> list[tuple[str, str, Handler]]: ...  # (path, call name, handler)
 
 
-@dataclass
-class _Stored:
-    record: dict[str, Any]
-    count: int = 1
-    changed: int = 0  # resends carrying a different value
-
-
-class _State:
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str, int, str], _Stored] = {}
-        self.requests: dict[str, int] = {}
-        self.failed: dict[str, int] = {}
-        self.rejected_requests = 0
-        self.rejected_records = 0
-        self.received = 0
-        self.devices: dict[str, str] = {}           # enterprise -> deviceId
-        self.configured: dict[str, set[str]] = {}   # enterprise -> data codes
-        self.config_uploads = 0
-        self.tokens: dict[str, str] = {}            # token -> enterprise
-        self.tokens_issued = 0
-
-    def stats(self, name: str, mode: Mode) -> dict[str, Any]:
-        unique = len(self.records)
-        return {
-            "name": name,
-            "mode": asdict(mode),
-            "requests": dict(self.requests),
-            "failed": dict(self.failed),
-            "received": self.received,
-            "records": unique,
-            "resends": self.received - unique,
-            "changed": sum(s.changed for s in self.records.values()),
-            "rejected_requests": self.rejected_requests,
-            "rejected_records": self.rejected_records,
-            "devices": len(self.devices),
-            "config_uploads": self.config_uploads,
-            "tokens_issued": self.tokens_issued,
-        }
-
-
-_HEALTHY = Mode()
-
-
-def _reply(code: str = "0", message: str = "RECEIVE SUCCESS", status: int = 200, **extra: Any) -> web.Response:
-    return web.json_response({"responseCode": code, "responseMessage": message, **extra}, status=status,
-                             dumps=lambda o: json.dumps(o, ensure_ascii=False))
-
-
-def _bad(message: str) -> web.Response:
-    return _reply("400", message, status=400)
-
-
-def _enterprise(body: dict[str, Any]) -> str | web.Response:
-    """The request's enterprise code, or the answer refusing it."""
-    code = body.get("enterpriseCode")
-    if (problem := check_enterprise(code)) is not None:
-        return _bad(problem)
-    return str(code)
+def _speaker(platform: MockPlatform) -> Speaker:
+    if platform.flavour == "gbt37947":
+        from tools.platform.gbt37947 import Gbt37947
+        return Gbt37947(platform)
+    if platform.flavour == "shandong":
+        from tools.platform.shandong import Shandong
+        return Shandong(platform)
+    if platform.flavour == "yunnan":
+        from tools.platform.yunnan import Yunnan
+        return Yunnan(platform)
+    raise ValueError(f"unknown flavour {platform.flavour!r} (one of {', '.join(FLAVOURS)})")
 
 
 class MockPlatform:
-    """The platform as an object: ``async with MockPlatform(name="provincial") as p:``
-    then point a target at ``p.url``."""
+    """The platform as an object: ``async with MockPlatform(flavour="shandong") as p:``
+    then point a target of that flavour at ``p.url``.
 
-    def __init__(self, *, name: str = "platform", host: str = "127.0.0.1", port: int = 0,
-                 ssl_context: ssl.SSLContext | None = None, sm4_key: str = DEFAULT_SM4_KEY,
-                 password: str = DEFAULT_PASSWORD, token_ttl_s: int = 3600,
-                 mode: Mode | None = None) -> None:
+    Yunnan: ``secret`` is the platform-issued secret, ``pins`` each enterprise's PIN
+    (``pin`` for any enterprise not in ``pins``; None: such enterprises are unknown);
+    ``data_path`` the data call's path.  ``clock`` is monotonic seconds (token expiry)."""
+
+    def __init__(self, *, name: str = "platform", flavour: str = "gbt37947", host: str = "127.0.0.1",
+                 port: int = 0, ssl_context: ssl.SSLContext | None = None, mode: Mode | None = None,
+                 secret: str = DEFAULT_SECRET, pins: Mapping[str, str] | None = None,
+                 pin: str | None = DEFAULT_PIN, data_path: str = "uploadData",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
+        self.flavour = flavour
         self.host = host
         self.port = port
         self.mode = mode or Mode()
-        self.state = _State()
+        self.state = State()
+        self.secret = secret
+        self.pins = dict(pins or {})
+        self.pin = pin
+        self.data_path = data_path.strip("/")
+        self.clock = clock
         self._ssl = ssl_context
-        self._key = bytes.fromhex(sm4_key)
-        self._password = password
-        self._token_ttl_s = token_ttl_s
+        self._speaker = _speaker(self)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -159,15 +121,18 @@ class MockPlatform:
         scheme = "https" if self._ssl else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
+    @property
+    def success(self) -> str:
+        """The flavour's success responseCode."""
+        return self._speaker.success
+
     async def start(self) -> MockPlatform:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/register", self._protocol("register", self._register))
-        app.router.add_post("/config", self._protocol("config", self._config))
-        app.router.add_post("/data", self._protocol("data", self._data))
-        app.router.add_post("/token", self._protocol("token", self._token))
-        app.router.add_post("/record", self._protocol("record", self._record))
+        for path, call, handler in self._speaker.routes():
+            app.router.add_post(path, self._protocol(call, handler))
         app.router.add_get("/_stats", self._stats)
         app.router.add_get("/_records", self._records)
+        app.router.add_get("/_configs", self._configs)
         app.router.add_get("/_control", self._get_control)
         app.router.add_post("/_control", self._post_control)
         app.router.add_post("/_reset", self._reset)
@@ -179,7 +144,7 @@ class MockPlatform:
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
-        log.info("mock platform %s listening on %s", self.name, self.url)
+        log.info("mock platform %s (%s) listening on %s", self.name, self.flavour, self.url)
         return self
 
     async def stop(self) -> None:
@@ -194,132 +159,50 @@ class MockPlatform:
         await self.stop()
 
     def stats(self) -> dict[str, Any]:
-        return self.state.stats(self.name, self.mode)
+        return self.state.stats(self.name, self.flavour, self.mode)
 
-    # -- the protocol endpoints, behind the injected failures ----------------------------
+    # -- what the flavours share -------------------------------------------------------
 
-    def _protocol(self, call: str, handler: Any) -> Any:
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            st, mode = self.state, self.mode
-            st.requests[call] = st.requests.get(call, 0) + 1
-            if mode.only and call not in mode.only:
-                mode = _HEALTHY
-            if mode.slow_s > 0:
-                st.failed["slow"] = st.failed.get("slow", 0) + 1
-                await asyncio.sleep(mode.slow_s)
-            if mode.down:
-                st.failed["down"] = st.failed.get("down", 0) + 1
-                if request.transport is not None:
-                    request.transport.abort()  # like a platform that is not there
-                return web.Response(status=503)
-            if mode.fail_status is not None:
-                st.failed["status"] = st.failed.get("status", 0) + 1
-                return _reply(str(mode.fail_status), "injected failure", status=mode.fail_status)
-            if mode.fail_code is not None:
-                st.failed["code"] = st.failed.get("code", 0) + 1
-                return _reply(mode.fail_code, "SYSTEM BUSY (injected)")
-            try:
-                body = json.loads(await request.read(), parse_constant=_no_constants)
-            except ValueError as exc:
-                st.rejected_requests += 1
-                return _bad(f"not JSON: {exc}")
-            if not isinstance(body, dict):
-                st.rejected_requests += 1
-                return _bad("the body is not a JSON object")
-            response: web.Response = await handler(request, body)
-            if response.status >= 400:
-                st.rejected_requests += 1
-            return response
+    def ok(self, **extra: Any) -> web.Response:
+        """Success as the flavour writes it."""
+        return reply(self.success, "RECEIVE SUCCESS" if self.success == "0" else "success", **extra)
 
-        return wrapped
-
-    async def _register(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        if isinstance(enterprise := _enterprise(body), web.Response):
-            return enterprise
-        region = body.get("region")
-        if not isinstance(region, str) or len(region) != 6 or not region.isdigit():
-            return _bad(f"region {region!r} is not a 6-digit administrative code")
-        device = "D" + hashlib.sha1(f"{self.name}/{enterprise}".encode()).hexdigest()[:15].upper()
+    def device_of(self, enterprise: str) -> str:
+        """Register ``enterprise``: its device id (32 hex digits, stable per platform)."""
+        device = hashlib.md5(f"{self.name}/{enterprise}".encode()).hexdigest()  # an id, not security
         self.state.devices[enterprise] = device
-        base = f"{request.scheme}://{request.host}"
-        return _reply(deviceId=device, centerInfoURL=f"{base}/config", centerDataURL=f"{base}/data",
-                      uploadTime=self.mode.upload_time)
+        return device
 
-    def _device_problem(self, body: dict[str, Any]) -> web.Response | None:
-        if isinstance(enterprise := _enterprise(body), web.Response):
+    def device_problem(self, body: dict[str, Any]) -> web.Response | None:
+        """The reply refusing a call whose deviceId is not the enterprise's registered one."""
+        if isinstance(enterprise := enterprise_of(body), web.Response):
             return enterprise
         if self.state.devices.get(enterprise) != body.get("deviceId"):
-            return _reply("2", f"device {body.get('deviceId')!r} is not registered for {enterprise}")
+            return reply(FAILURE_CODE, DEVICE_MISMATCH)
         return None
 
-    async def _config(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        if (bad := self._device_problem(body)) is not None:
-            return bad
-        items = body.get("collectItemConfig")
-        if not isinstance(items, list) or not items:
-            return _bad("collectItemConfig is not a non-empty list")
-        for i, item in enumerate(items):
-            if (problem := check_config_item(item)) is not None:
-                return _bad(f"collectItemConfig[{i}]: {problem}")
-        self.state.configured[body["enterpriseCode"]] = {it["dataCode"] for it in items}
-        self.state.config_uploads += 1
-        return _reply()
-
-    async def _data(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        if (bad := self._device_problem(body)) is not None:
-            return bad
-        records = body.get("data")
-        if not isinstance(records, list) or not 1 <= len(records) <= _MAX_BATCH:
-            return _bad(f"data is not a list of 1 to {_MAX_BATCH} records")
-        enterprise = body["enterpriseCode"]
-        configured = self.state.configured.get(enterprise, set())
+    def data_problem(self, records: Any, *, most: int = _MAX_BATCH) -> web.Response | None:
+        """The reply refusing a batch: not a list, a bad record (HTTP 400) or a record
+        the platform refuses by its data code (HTTP 200, responseCode "1")."""
+        if not isinstance(records, list) or not 1 <= len(records) <= most:
+            return bad(f"data is not a list of 1 to {most} records")
         for i, rec in enumerate(records):
-            if (problem := self._record_problem(rec)) is not None:
-                return _bad(f"data[{i}]: {problem}")
+            if (problem := check_record(rec)) is not None:
+                return bad(f"data[{i}]: {problem}")
+            if self.mode.reject or rec["dataCode"] in self.mode.reject_codes:
+                return bad(f"data[{i}]: dataCode {rec['dataCode']} refused by the platform (injected)")
         for i, rec in enumerate(records):
-            if rec["dataCode"] not in configured:
-                return _reply("3", f"data[{i}]: dataCode {rec['dataCode']} is not configured")
-        return self._accept(enterprise, records)
-
-    async def _token(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        if isinstance(enterprise := _enterprise(body), web.Response):
-            return enterprise
-        try:
-            pin = decrypt_pin(str(body.get("password", "")), enterprise, self._key)
-        except ValueError as exc:
-            return _bad(f"password does not decrypt to a PIN block: {exc}")
-        if not secrets.compare_digest(pin, self._password):
-            return _bad("wrong password")
-        token = secrets.token_hex(16)
-        self.state.tokens[token] = enterprise
-        self.state.tokens_issued += 1
-        return _reply(token=token, expiresIn=self._token_ttl_s)
-
-    async def _record(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        auth = request.headers.get("Authorization", "")
-        token = auth[7:] if auth.startswith("Bearer ") else ""
-        enterprise = body.get("enterpriseCode")
-        if self.state.tokens.get(token) is None or self.state.tokens[token] != enterprise:
-            return _reply("401", "token missing, expired or not this enterprise's", status=401)
-        rec = {k: v for k, v in body.items() if k != "enterpriseCode"}
-        if (problem := self._record_problem(rec)) is not None:
-            return _bad(problem)
-        return self._accept(enterprise, [rec])
-
-    def _record_problem(self, rec: Any) -> str | None:
-        if (problem := check_record(rec)) is not None:
-            return problem
-        if self.mode.reject or rec["dataCode"] in self.mode.reject_codes:
-            return f"dataCode {rec['dataCode']} refused by the platform (injected)"
+            if rec["dataCode"] in self.mode.refuse_codes:
+                return reply(FAILURE_CODE, f"data[{i}]: 数据项编码 {rec['dataCode']} 不被接受")
         return None
 
-    def _accept(self, enterprise: str, records: list[dict[str, Any]]) -> web.Response:
+    def accept(self, enterprise: str, records: list[dict[str, Any]]) -> web.Response:
         st = self.state
         for rec in records:
             key = record_key(enterprise, rec)
             stored = st.records.get(key)
             if stored is None:
-                st.records[key] = _Stored(dict(rec, enterpriseCode=enterprise))
+                st.records[key] = Stored(dict(rec, enterpriseCode=enterprise))
             else:
                 stored.count += 1
                 if stored.record["dataValue"] != rec["dataValue"]:
@@ -330,7 +213,44 @@ class MockPlatform:
             self.mode.fail_after -= 1
             if self.mode.fail_after <= 0:
                 self.mode.fail_after, self.mode.down = None, True
-        return _reply()
+        return self.ok()
+
+    # -- the protocol endpoints, behind the injected failures ----------------------------
+
+    def _protocol(self, call: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            st, mode = self.state, self.mode
+            st.requests[call] = st.requests.get(call, 0) + 1
+            if mode.only and call not in mode.only:
+                mode = Mode()
+            if mode.slow_s > 0:
+                st.count_failure("slow")
+                await asyncio.sleep(mode.slow_s)
+            if mode.down:
+                st.count_failure("down")
+                if request.transport is not None:
+                    request.transport.abort()  # like a platform that is not there
+                return web.Response(status=503)
+            if mode.fail_status is not None:
+                st.count_failure("status")
+                return reply(str(mode.fail_status), "injected failure", status=mode.fail_status)
+            if (failure := mode.failure()) is not None:
+                st.count_failure("code")
+                return reply(*failure)
+            try:
+                body = json.loads(await request.read(), parse_constant=_no_constants)
+            except ValueError as exc:
+                st.rejected_requests += 1
+                return bad(f"not JSON: {exc}")
+            if not isinstance(body, dict):
+                st.rejected_requests += 1
+                return bad("the body is not a JSON object")
+            response = await handler(request, body)
+            if response.status >= 400:
+                st.rejected_requests += 1
+            return response
+
+        return wrapped
 
     # -- control -------------------------------------------------------------------------
 
@@ -342,6 +262,9 @@ class MockPlatform:
         out.sort(key=lambda r: (r["enterpriseCode"], r["dataCode"], r["statType"], r["statDate"]))
         return web.json_response(out, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
+    async def _configs(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state.configs, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
     async def _get_control(self, request: web.Request) -> web.Response:
         return web.json_response(asdict(self.mode))
 
@@ -350,16 +273,30 @@ class MockPlatform:
             changes = await request.json()
             if not isinstance(changes, dict):
                 raise ValueError("expected a JSON object")
-            if changes.pop("expire_tokens", False):
-                self.state.tokens.clear()
+            expire, rotate = changes.pop("expire_tokens", False), changes.pop("rotate_keys", False)
             self.mode.update(changes)
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if expire:
+            self.expire_tokens()
+        if rotate:
+            self.rotate_keys()
         log.info("mock platform %s: mode now %s", self.name, asdict(self.mode))
         return web.json_response(asdict(self.mode))
 
+    def expire_tokens(self) -> None:
+        """Yunnan: every token handed out so far is refused from now on."""
+        self.state.tokens.clear()
+
+    def rotate_keys(self) -> None:
+        """Shandong: every registered enterprise's field key is replaced now; data under
+        the old key fails to decrypt, and the next registration gives the new key."""
+        for enterprise in self.state.keys:
+            self.state.keys[enterprise] = secrets.token_bytes(16)
+            self.state.keys_issued += 1
+
     async def _reset(self, request: web.Request) -> web.Response:
-        self.state = _State()
+        self.state = State()
         return web.json_response(self.stats())
 
 
@@ -370,6 +307,8 @@ def _no_constants(name: str) -> Any:
 # -- command line ------------------------------------------------------------------------
 
 def configure_mock_platform(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flavour", choices=FLAVOURS, default="gbt37947",
+                        help="the platform to speak (default gbt37947)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8788, help="port (0: any free port; default 8788)")
     parser.add_argument("--name", default="platform", help="name shown in logs and /_stats")
@@ -377,20 +316,27 @@ def configure_mock_platform(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path,
                         help="require client certificates signed by this CA (mutual TLS)")
-    parser.add_argument("--sm4-key", default=DEFAULT_SM4_KEY, help="token flavour: SM4 key, 32 hex digits")
-    parser.add_argument("--password", default=DEFAULT_PASSWORD, help="token flavour: the expected PIN")
-    parser.add_argument("--token-ttl", type=int, default=3600, help="token flavour: token lifetime (s)")
+    parser.add_argument("--secret", default=DEFAULT_SECRET,
+                        help="yunnan: the platform-issued secret (at least 16 ASCII characters)")
+    parser.add_argument("--pin", default=DEFAULT_PIN, help="yunnan: the PIN of any enterprise not given by --pins")
+    parser.add_argument("--pins", type=Path, metavar="FILE",
+                        help="yunnan: a JSON object of credit code -> PIN")
+    parser.add_argument("--data-path", default="uploadData", help="yunnan: the data call's path")
+    parser.add_argument("--token-ttl", type=int, default=7200, help="yunnan: akExpiresIn of tokens (s)")
     parser.add_argument("--upload-time", default="00:10:00", help="uploadTime given at registration")
     parser.add_argument("--down", action="store_true", help="start down (drop connections)")
     parser.add_argument("--slow", type=float, default=0.0, metavar="S", help="answer after S seconds")
     parser.add_argument("--fail-status", type=int, metavar="HTTP", help="answer with this HTTP status")
-    parser.add_argument("--fail-code", metavar="CODE", help="answer 200 with this responseCode")
+    parser.add_argument("--fail-code", metavar="CODE", help="answer 200 with this unknown responseCode")
+    parser.add_argument("--busy", action="store_true", help="answer 200: system busy, try later")
     parser.add_argument("--reject", action="store_true", help="reject every data request (HTTP 400)")
     parser.add_argument("--reject-code", action="append", default=[], metavar="DATACODE",
-                        help="reject records with this dataCode (repeatable)")
+                        help="reject records with this dataCode with HTTP 400 (repeatable)")
+    parser.add_argument("--refuse-code", action="append", default=[], metavar="DATACODE",
+                        help="refuse records with this dataCode with HTTP 200, responseCode 1 (repeatable)")
     parser.add_argument("--fail-after", type=int, metavar="N", help="go down after N more data requests")
     parser.add_argument("--only", action="append", default=[], metavar="CALL",
-                        help="limit injected failures to this call: register, config, data, token, record")
+                        help="limit injected failures to this call: register, config, dictionary, data")
 
 
 def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -404,13 +350,14 @@ def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
     return ctx
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace, pins: dict[str, str]) -> None:
     mode = Mode(down=args.down, slow_s=args.slow, fail_status=args.fail_status, fail_code=args.fail_code,
-                reject=args.reject, reject_codes=list(args.reject_code), fail_after=args.fail_after,
-                only=list(args.only), upload_time=args.upload_time)
-    platform = MockPlatform(name=args.name, host=args.host, port=args.port, ssl_context=_server_ssl(args),
-                            sm4_key=args.sm4_key, password=args.password, token_ttl_s=args.token_ttl,
-                            mode=mode)
+                busy=args.busy, reject=args.reject, reject_codes=list(args.reject_code),
+                refuse_codes=list(args.refuse_code), fail_after=args.fail_after, only=list(args.only),
+                upload_time=args.upload_time, token_ttl_s=args.token_ttl)
+    platform = MockPlatform(name=args.name, flavour=args.flavour, host=args.host, port=args.port,
+                            ssl_context=_server_ssl(args), mode=mode, secret=args.secret, pins=pins,
+                            pin=args.pin, data_path=args.data_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -423,12 +370,16 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main_mock_platform(args: argparse.Namespace, settings: object) -> int:
     try:
-        bytes.fromhex(args.sm4_key)
         datetime.strptime(args.upload_time, "%H:%M:%S")
-    except ValueError as exc:
+        if len(args.secret) < 16 or not args.secret.isascii():
+            raise ValueError("--secret needs at least 16 ASCII characters")
+        pins = json.loads(args.pins.read_text(encoding="utf-8")) if args.pins else {}
+        if not isinstance(pins, dict) or not all(isinstance(v, str) for v in pins.values()):
+            raise ValueError("--pins is not a JSON object of credit code -> PIN")
+    except (OSError, ValueError) as exc:
         print(f"nhjc mock-platform: bad option: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(args))
+    asyncio.run(_serve(args, pins))
     return 0
 
 
