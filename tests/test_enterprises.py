@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ingest.enterprises import PROFILE_FIELDS
-from tests.harness import enterprise_code, query
 from tests.services import ROOT
+from tools.gateway import enterprise_code
+from tools.process import query
 
 PIN = "735291"
 SECRET = "Qz7Lr2Wm9Xk4Tn8Vb5Hc"

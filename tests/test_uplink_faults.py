@@ -210,14 +210,14 @@ async def test_a_busy_reply_is_retried_and_registration_refusal_waits(db: str) -
             await conn.close()
         assert len(errors) == 2 and all("injected failure" in e["last_error"] for e in errors)
 
-        # HTTP 200 with a failure code and a message saying the platform is busy: retried
-        # later (the mock's injected code says "SYSTEM BUSY"); an unknown failure is a
-        # rejection instead (tests/test_uplink_stage.py).
-        await control(prov.url, fail_status=None, only=["data"], fail_code="1")
+        # HTTP 200 with a failure code and a message saying the platform is busy
+        # (系统繁忙，请稍后再试): retried later; an unknown failure is a rejection instead
+        # (tests/test_uplink_stage.py).
+        await control(prov.url, fail_status=None, only=["data"], busy=True)
         await wait_until(lambda: has_retried(registry, "busy"), "a busy reply", clock=clock)
         assert prov.stats()["records"] == 0
         assert count(registry, "nhjc_uplink_rejected_total", target="p") == 0
-        await control(prov.url, fail_code=None)
+        await control(prov.url, busy=False)
         await wait_until(lambda: has(prov.url, FIRST), "delivery once the platform says 0", clock=clock)
 
 
