@@ -16,16 +16,12 @@ print; :meth:`DatabaseSettings.dsn` puts it back for connecting, and nowhere els
 
 from __future__ import annotations
 
-import re
-import ssl
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -39,151 +35,28 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "SettingsError", "load_settings", "read_file", "redact_url", "secret_value"]
+from config.sections import (
+    SECRET_QUERY,
+    Fault,
+    Section,
+    check_tls,
+    from_file,
+    read_file,
+    redact_url,
+    secret_value,
+)
+from config.uplink import TargetSettings, UplinkSettings
+
+__all__ = ["DatabaseSettings", "IngestSettings", "MetricsSettings", "MqttSettings", "ProcessingSettings",
+           "Settings", "SettingsError", "TargetSettings", "UplinkSettings", "load_settings", "read_file",
+           "redact_url", "secret_value"]
 
 
 class SettingsError(Exception):
     """A setting is wrong; the message is one line naming it."""
 
 
-class _Fault(ValueError):
-    """Raised by a section's model validator about one of its fields, so the message
-    names that field rather than the whole section."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def secret_value(secret: SecretStr | None) -> str | None:
-    """The plain text of a secret, for the one call that needs it (never for a message)."""
-    return None if secret is None else secret.get_secret_value()
-
-
-# URL query parameters holding a secret: password, sslpassword, a token ... (not passfile,
-# which names a file).
-_SECRET_QUERY = re.compile(r"password|secret|token", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """``url`` as messages show it: any password (in the user part or the query) is ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}{':***' if colon else ''}@{hosts}"
-    query = "&".join(
-        f"{pair.partition('=')[0]}=***" if _SECRET_QUERY.search(pair.partition("=")[0]) else pair
-        for pair in parts.query.split("&") if pair
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def read_file(path: Path) -> bytes:
-    """The file's bytes; else ValueError in one line naming the path and the trouble."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"no such file {path}") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a directory, not a file") from None
-    except PermissionError:
-        raise ValueError(f"cannot read {path}: permission denied") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
-
-
-def _check_readable(path: Path) -> Path:
-    """The path, when it names a file we can read; else ValueError in one line."""
-    read_file(path)
-    return path
-
-
-def _read_secret(path: Path) -> SecretStr:
-    """A secret file's content, without the trailing newline editors and ``echo`` add."""
-    _check_readable(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text") from None
-    text = text.rstrip("\r\n")
-    if not text:
-        raise ValueError(f"{path} is empty")
-    return SecretStr(text)
-
-
-def _from_file(section: BaseModel, name: str) -> None:
-    """Fill secret ``name`` from ``name_file`` when that is given (never both)."""
-    path = getattr(section, f"{name}_file")
-    if path is None:
-        return
-    if getattr(section, name) is not None:
-        raise _Fault(f"{name}_file", f"give {name} or {name}_file, not both")
-    try:
-        value = _read_secret(path)
-    except ValueError as exc:
-        raise _Fault(f"{name}_file", str(exc)) from None
-    setattr(section, name, value)
-
-
-def _check_tls(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> None:
-    """Build the TLS context once, so a file that is not a certificate or a key that
-    does not match is found at start (each file exists: the field validators said so)."""
-    if key_file is not None and cert_file is None:
-        raise _Fault("key_file", "key_file without cert_file")
-    ctx = ssl.create_default_context()
-    if ca_file is not None:
-        try:
-            ctx.load_verify_locations(cafile=str(ca_file))
-        except (ssl.SSLError, ValueError):
-            raise _Fault("ca_file", f"{ca_file} holds no PEM certificate") from None
-    if cert_file is not None:
-        try:
-            # A callable password: an encrypted key fails here instead of prompting.
-            ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None, password=lambda: b"")
-        except (ssl.SSLError, ValueError) as exc:
-            if "KEY_VALUES_MISMATCH" in str(exc):
-                raise _Fault("key_file", f"{key_file} is not the key of {cert_file}") from None
-            where = f"{cert_file} with key {key_file}" if key_file else f"{cert_file}"
-            raise _Fault("cert_file", f"{where}: not a PEM certificate and unencrypted key") from None
-
-
-def _check_target_tls(pkcs12_file: Path | None, pkcs12_password: str | None, ciphers: str | None) -> None:
-    """A PKCS#12 bundle that opens with its password and holds a certificate and key, and
-    a cipher string OpenSSL accepts, found at start rather than at the first request."""
-    if pkcs12_file is not None:
-        from cryptography.hazmat.primitives.serialization import pkcs12
-
-        try:
-            key, cert, _ = pkcs12.load_key_and_certificates(
-                pkcs12_file.read_bytes(), pkcs12_password.encode() if pkcs12_password is not None else None)
-        except (ValueError, TypeError):
-            raise _Fault("pkcs12_file", f"{pkcs12_file}: not a PKCS#12 bundle, or pkcs12_password is wrong") from None
-        if key is None or cert is None:
-            raise _Fault("pkcs12_file", f"{pkcs12_file} holds no certificate with its key")
-    if ciphers is not None:
-        try:
-            ssl.create_default_context().set_ciphers(ciphers)
-        except ssl.SSLError:
-            raise _Fault("tls_ciphers", "OpenSSL accepts no cipher of this string") from None
-
-
-class _Section(BaseModel):
-    # hide_input_in_errors: a validation error's text never holds what was given
-    # (it may be a password).
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-    @field_validator("ca_file", "cert_file", "key_file", check_fields=False)
-    @classmethod
-    def _readable(cls, v: Path | None) -> Path | None:
-        return None if v is None else _check_readable(v)
-
-
-class MqttSettings(_Section):
+class MqttSettings(Section):
     url: str = "mqtt://127.0.0.1:1883"
     client_id: str = "nhjc-pipeline"
     username: str | None = None
@@ -222,14 +95,14 @@ class MqttSettings(_Section):
 
     @model_validator(mode="after")
     def _files(self) -> MqttSettings:
-        _from_file(self, "password")
-        _check_tls(self.ca_file, self.cert_file, self.key_file)
+        from_file(self, "password")
+        check_tls(self.ca_file, self.cert_file, self.key_file)
         if self.reconnect_max_s < self.reconnect_min_s:  # the backoff needs min <= max
-            raise _Fault("reconnect_max_s", "is below reconnect_min_s")
+            raise Fault("reconnect_max_s", "is below reconnect_min_s")
         return self
 
 
-class DatabaseSettings(_Section):
+class DatabaseSettings(Section):
     # Never holds a password once loaded: one given in the URL moves to ``password``.
     url: str = "postgresql://nhjc@127.0.0.1:5432/nhjc"
     password: SecretStr | None = None
@@ -258,17 +131,17 @@ class DatabaseSettings(_Section):
         user, colon, in_url = userinfo.partition(":")
         query = parse_qsl(parts.query, keep_blank_values=True)
         in_query = [v for k, v in query if k == "password"]
-        if any(k != "password" and _SECRET_QUERY.search(k) for k, _ in query):
-            raise _Fault("url", "a secret in the URL's query is not supported (use database.password for the password)")
+        if any(k != "password" and SECRET_QUERY.search(k) for k, _ in query):
+            raise Fault("url", "a secret in the URL's query is not supported (use database.password for the password)")
         if colon or in_query:
             if self.password is not None or self.password_file is not None:
-                raise _Fault("url", "holds a password and database.password(_file) is given too: give one")
+                raise Fault("url", "holds a password and database.password(_file) is given too: give one")
             given = unquote(in_url) if colon else in_query[-1]
             netloc = f"{user}{at}{hosts}"
             rest = urlencode([(k, v) for k, v in query if k != "password"]) if in_query else parts.query
             self.url = urlunsplit((parts.scheme, netloc, parts.path, rest, parts.fragment))
             self.password = SecretStr(given)
-        _from_file(self, "password")
+        from_file(self, "password")
         return self
 
     def dsn(self) -> str:
@@ -292,7 +165,7 @@ class DatabaseSettings(_Section):
         return redact_url(self.dsn())
 
 
-class IngestSettings(_Section):
+class IngestSettings(Section):
     # A batch is committed when it holds batch_rows readings or batch_ms has passed.
     batch_rows: int = Field(10_000, ge=1, le=1_000_000)
     batch_ms: int = Field(200, ge=1, le=60_000)
@@ -312,11 +185,11 @@ class IngestSettings(_Section):
     @model_validator(mode="after")
     def _pauses(self) -> IngestSettings:
         if self.pause_max_s < self.pause_min_s:  # the backoff needs min <= max
-            raise _Fault("pause_max_s", "is below pause_min_s")
+            raise Fault("pause_max_s", "is below pause_min_s")
         return self
 
 
-class ProcessingSettings(_Section):
+class ProcessingSettings(Section):
     timezone: str = "Asia/Shanghai"
     # A segment between two readings longer than this is a gap (docs/processing.md).
     max_gap_s: float = Field(1800.0, gt=0)
@@ -350,134 +223,7 @@ class ProcessingSettings(_Section):
         return v
 
 
-class TargetSettings(_Section):
-    """One platform the uplink forwards to (docs/uplink.md)."""
-
-    url: str
-    # gbt37947: the reference interface (register, item configuration, data batches);
-    # shandong: its variant with every data field SM4-encrypted, one record per call;
-    # yunnan: a token from requestAK first, then data with a bearer token.
-    flavour: Literal["gbt37947", "shandong", "yunnan"] = "gbt37947"
-    # 6-digit administrative region sent at registration; default: characters 3-8 of
-    # the enterprise's credit code.
-    region: str | None = Field(None, pattern=r"^\d{6}$")
-    # TLS: ca_file to verify the platform (default: the system store); cert_file and
-    # key_file for mutual TLS.
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    timeout_s: float = Field(10.0, gt=0)
-    # Records per data request (the token flavour always sends one).
-    batch_size: int = Field(200, ge=1, le=10_000)
-    # Requests in flight at once to this target.
-    concurrency: int = Field(4, ge=1, le=64)
-    # Real-time periods go this long after their 15-minute period closes.
-    realtime_delay_s: float = Field(60.0, ge=0)
-    # Daily upload time (HH:MM:SS, local); the platform's register reply overrides it.
-    # Days go at this time on the next day, months on day 2, years on 2 January.
-    upload_time: str = Field("00:10:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d:[0-5]\d$")
-    backoff_min_s: float = Field(1.0, gt=0)
-    # The longest pause of a failing target (and the longest wait of a record or an
-    # enterprise's registration): a platform back from an outage gets traffic again
-    # within it, while the outage still costs one request per pause.
-    backoff_max_s: float = Field(30.0, gt=0)
-    # The data code the platform assigned to the enterprise total (consumption code 0000).
-    total_code: str = Field("00-00-0000-000000-00", pattern=r"^\d{2}-\d{2}-\d{4}-\d{6}-\d{2}$")
-    # On a target's first start, periods of this many past days are sent (and at least
-    # the latest finished day, month and year).
-    backfill_days: float = Field(1.0, ge=0, le=400)
-    # Acknowledged outbox rows are forgotten after this many days.
-    keep_days: float = Field(35.0, gt=0)
-    enabled: bool = True
-
-    # -- issue 10: what each flavour and platform needs (docs/uplink.md, "Flavours") --
-    # yunnan: the enterprise's PIN (4 to 12 digits) and the platform-issued secret (at
-    # least 16 ASCII characters; its first 16 are the SM4 key).  The enterprise
-    # registry's pin and secret for this target win over these.
-    pin: SecretStr | None = None
-    pin_file: Path | None = None  # the PIN is this file's content
-    secret: SecretStr | None = None
-    secret_file: Path | None = None  # the secret is this file's content
-    # TLS beyond PEM: a PKCS#12 client certificate bundle and its password; the lowest
-    # TLS version offered; an OpenSSL cipher string (a TLS 1.1-only platform needs
-    # tls_min_version = "TLSv1.1" and tls_ciphers = "DEFAULT:@SECLEVEL=0").
-    pkcs12_file: Path | None = None
-    pkcs12_password: SecretStr | None = None
-    pkcs12_password_file: Path | None = None
-    tls_min_version: Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"] | None = None
-    tls_ciphers: str | None = None
-    # gbt37947 item configuration: collectSystemName of every item, and the statTypes
-    # each item is configured for (one entry per statType; [0] sends one entry).
-    collect_system_name: str = Field("nhjc", min_length=1, max_length=100)
-    config_stat_types: list[Literal[0, 1, 2, 3]] = Field([0], min_length=1)
-    # How `valid` is written: "boolean" (true/false), "one_valid" ("1" valid, "0" not),
-    # "zero_valid" ("0" valid, "1" not).  Default: boolean, but zero_valid for shandong.
-    valid_style: Literal["boolean", "one_valid", "zero_valid"] | None = None
-    # yunnan: the data call's path under the platformURL of the token reply (else url).
-    data_path: str = Field("uploadData", pattern=r"^[A-Za-z0-9_./-]+$")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_token(cls, data: Any) -> Any:
-        # The token flavour matched no platform; its settings point to yunnan in one line.
-        if isinstance(data, dict):
-            if data.get("flavour") == "token":
-                raise _Fault("flavour", 'the "token" flavour is gone: use flavour = "yunnan" with pin and secret')
-            for old in ("password", "password_file", "sm4_key", "sm4_key_file"):
-                if old in data:
-                    raise _Fault(old, f'{old} belonged to the removed "token" flavour: use flavour = "yunnan"'
-                                 " with pin and secret")
-        return data
-
-    @field_validator("pkcs12_file", "pin_file", "secret_file", "pkcs12_password_file")
-    @classmethod
-    def _readable_extra(cls, v: Path | None) -> Path | None:
-        return None if v is None else _check_readable(v)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if "@" in parts.netloc:
-            # The URL is printed and stored with delivery errors: no credentials in it.
-            raise ValueError("must not hold credentials")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        return v.rstrip("/")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TargetSettings:
-        for name in ("pin", "secret", "pkcs12_password"):
-            _from_file(self, name)
-        pin, secret = secret_value(self.pin), secret_value(self.secret)
-        if pin is not None and not re.fullmatch(r"[0-9]{4,12}", pin):
-            raise _Fault("pin_file" if self.pin_file else "pin", "must be a PIN of 4 to 12 digits")
-        if secret is not None and (len(secret) < 16 or not secret.isascii() or not secret.isprintable()):
-            raise _Fault("secret_file" if self.secret_file else "secret",
-                         "must be at least 16 printable ASCII characters")
-        _check_tls(self.ca_file, self.cert_file, self.key_file)
-        _check_target_tls(self.pkcs12_file, secret_value(self.pkcs12_password), self.tls_ciphers)
-        if self.backoff_max_s < self.backoff_min_s:
-            raise ValueError("backoff_max_s is below backoff_min_s")
-        return self
-
-
-class UplinkSettings(_Section):
-    targets: dict[str, TargetSettings] = Field(default_factory=dict)
-    # How often each target looks for due periods when it is idle.
-    interval_ms: int = Field(1000, ge=10)
-    # A consumption revision is treated as final this long after it was handed out (a
-    # transaction that took a revision number commits within this time); until then
-    # the uplink looks at it again, so a slow commit cannot slip past it.
-    settle_s: float = Field(60.0, ge=0)
-    # After a failed step of a target (the database away, or a bug; not the platform,
-    # whose failures pause the target with the target's own backoff) it pauses this
-    # long, doubling up to pause_max_s.
-    pause_min_s: float = Field(0.5, gt=0)
-    pause_max_s: float = Field(5.0, gt=0)
-
-
-class MetricsSettings(_Section):
+class MetricsSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
 
@@ -516,7 +262,7 @@ def _one_line(exc: ValidationError) -> str:
     err = exc.errors(include_input=False)[0]
     loc = tuple(str(p) for p in err["loc"])
     cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, _Fault):
+    if isinstance(cause, Fault):
         loc += (cause.field,)
     name = ".".join(loc) or "settings"
     env = "NHJC_" + "__".join(loc).upper()
