@@ -14,15 +14,12 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 from prometheus_client import CollectorRegistry
 
 from config.settings import Settings, TargetSettings
+from nhjc.demo_view import Watcher, live_view, plain_line, render
 from nhjc.service import SchemaError, Service
 from nhjc.simulate import _faults, _speed, parse_duration, settings_kwargs
 from nhjc.startup import DATABASE_ERRORS, database_problem
@@ -30,37 +27,15 @@ from runtime.migrate import migrate
 from tools.guest import GuestError, PrivateBroker, scratch_database
 from tools.platform.mock import DEFAULT_PIN, DEFAULT_SECRET, MockPlatform
 from tools.sim import Counters, FaultSpec, PublishError, Simulator
-from tools.sim.frames import CST
 
 __all__ = ["configure_demo", "main_demo"]
 
 log = logging.getLogger("nhjc.demo")
 
-STAT_NAMES = {0: "15 min", 1: "day", 2: "month", 3: "year"}
 # The demo's mock platforms and targets: one of each uplink flavour.
 PLATFORMS = (("anhui", "gbt37947"), ("shandong", "shandong"), ("yunnan", "yunnan"))
-SQL_EVERY_S = 3.0
 PLAIN_EVERY_S = 3.0
 
-PERIODS_SQL = "SELECT stat_type, count(*) AS n FROM consumption WHERE enterprise = ANY($1::text[]) GROUP BY 1"
-# Per simulated enterprise: 15-minute values received since the replay began, against
-# its items x the quarters computed so far (for any enterprise).
-COMPLETENESS_SQL = """
-WITH q AS (
-    SELECT count(DISTINCT period_start) AS n FROM consumption
-    WHERE stat_type = 0 AND period_start >= $2 AND enterprise = ANY($1::text[])
-), reg AS (
-    SELECT enterprise, count(*) AS items FROM items WHERE enterprise = ANY($1::text[]) GROUP BY 1
-), got AS (
-    SELECT c.enterprise, count(*) AS n
-    FROM consumption c JOIN items i ON i.enterprise = c.enterprise AND i.code = c.code
-    WHERE c.stat_type = 0 AND c.coverage > 0 AND c.period_start >= $2
-      AND c.enterprise = ANY($1::text[])
-    GROUP BY 1
-)
-SELECT r.enterprise, r.items * q.n AS expected, coalesce(g.n, 0) AS received
-FROM reg r CROSS JOIN q LEFT JOIN got g ON g.enterprise = r.enterprise
-"""
 
 
 def configure_demo(p: argparse.ArgumentParser) -> None:
@@ -147,167 +122,6 @@ def demo_settings(settings: Settings, urls: dict[str, str], metrics_port: int) -
 
 
 # ------------------------------------------------------------------------- the summary
-
-
-@dataclass
-class Snapshot:
-    elapsed_s: float = 0.0
-    accepted: float = 0.0
-    rate: float = 0.0
-    frames: float = 0.0
-    quarantine: dict[tuple[str, str], float] = field(default_factory=dict)
-    computed: dict[str, float] = field(default_factory=dict)   # nhjc_periods_computed_total
-    periods: dict[int, int] = field(default_factory=dict)      # consumption rows by stat_type
-    backlog: dict[str, float] = field(default_factory=dict)
-    acked: dict[str, float] = field(default_factory=dict)
-    platforms: dict[str, dict[str, Any]] = field(default_factory=dict)
-    completeness: list[tuple[str, float]] = field(default_factory=list)  # (enterprise, ratio) low first
-    sim: Counters | None = None
-    sim_state: str = "starting"
-    note: str = ""
-
-
-class Watcher:
-    """Reads the figures: the service's registry each refresh, the database every few s."""
-
-    def __init__(self, service: Service, registry: CollectorRegistry, platforms: list[MockPlatform],
-                 sim: Simulator, since: float) -> None:
-        self.service, self.registry, self.platforms, self.sim = service, registry, platforms, sim
-        self.codes = [e.code for e in sim.enterprises]
-        self.since = since
-        self.began = time.monotonic()
-        self._last = (self.began, 0.0)
-        self._next_sql = 0.0
-        self.snap = Snapshot()
-
-    async def refresh(self) -> Snapshot:
-        s = self.snap
-        now = time.monotonic()
-        s.elapsed_s = now - self.began
-        s.quarantine, s.computed, s.backlog, s.acked = {}, {}, {}, {}
-        for metric in self.registry.collect():
-            for sample in metric.samples:
-                n, lab, v = sample.name, sample.labels, sample.value
-                if n == "nhjc_readings_accepted_total":
-                    s.accepted = v
-                elif n == "nhjc_frames_received_total":
-                    s.frames = v
-                elif n == "nhjc_quarantined_total":
-                    s.quarantine[(lab["reason"], lab["level"])] = v
-                elif n == "nhjc_periods_computed_total":
-                    s.computed[STAT_NAMES.get(int(lab["stat_type"]), lab["stat_type"])] = v
-                elif n == "nhjc_uplink_backlog":
-                    s.backlog[lab["target"]] = v
-                elif n == "nhjc_uplink_acked_total":
-                    s.acked[lab["target"]] = v
-        t0, a0 = self._last
-        if now - t0 >= 1.0:
-            s.rate = (s.accepted - a0) / (now - t0)
-            self._last = (now, s.accepted)
-        s.platforms = {p.name: p.stats() for p in self.platforms}
-        s.sim = self.sim.counters
-        pool = self.service.pool
-        if pool is not None and now >= self._next_sql:
-            self._next_sql = now + SQL_EVERY_S
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                rows = await pool.fetch(PERIODS_SQL, self.codes, timeout=5)
-                s.periods = {int(r["stat_type"]): int(r["n"]) for r in rows}
-                rows = await pool.fetch(COMPLETENESS_SQL, self.codes,
-                                        datetime.fromtimestamp(self.since, UTC), timeout=5)
-                s.completeness = sorted(
-                    ((r["enterprise"], r["received"] / r["expected"]) for r in rows if r["expected"]),
-                    key=lambda x: x[1])
-        return s
-
-
-def _n(v: float) -> str:
-    return f"{v:,.0f}"
-
-
-def _sim_time(c: Counters | None) -> str:
-    if c is None or c.sim_time is None:
-        return "-"
-    return datetime.fromtimestamp(c.sim_time, CST).strftime("%m-%d %H:%M")
-
-
-def plain_line(s: Snapshot) -> str:
-    q = sum(s.quarantine.values())
-    qs = ", ".join(f"{r}/{lv} {_n(v)}" for (r, lv), v in sorted(s.quarantine.items()) if v) or "none"
-    per = ", ".join(f"{STAT_NAMES[k]} {_n(v)}" for k, v in sorted(s.periods.items())) or "none yet"
-    up = "; ".join(
-        f"{name} backlog {_n(s.backlog.get(name, 0))} acked {_n(s.acked.get(name, 0))} "
-        f"platform received {_n(st['received'])} records {_n(st['records'])}"
-        for name, st in s.platforms.items())
-    if s.completeness:
-        lo, hi = s.completeness[0], s.completeness[-1]
-        comp = f"lowest {lo[0]} {lo[1]:.0%}, highest {hi[0]} {hi[1]:.0%}"
-    else:
-        comp = "none yet"
-    c = s.sim
-    sim = (f"{s.sim_state}, sim time {_sim_time(c)}, frames {_n(c.frames)}, readings {_n(c.readings)}"
-           if c else s.sim_state)
-    return (f"[demo {s.elapsed_s:.0f}s] readings accepted {_n(s.accepted)} ({s.rate:,.0f}/s), "
-            f"frames {_n(s.frames)} | quarantine {_n(q)}: {qs} | periods {per} | uplink {up} | "
-            f"completeness {comp} | simulator {sim}")
-
-
-def render(s: Snapshot) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    head = Text.assemble(("nhjc demo", "bold"), f"  {s.elapsed_s:.0f} s   Ctrl-C to stop")
-    if s.note:
-        head.append(f"\n{s.note}", style="yellow")
-
-    ingest = Table(title="ingest", show_header=False, title_justify="left")
-    ingest.add_row("readings accepted", _n(s.accepted))
-    ingest.add_row("readings/s", f"{s.rate:,.0f}")
-    ingest.add_row("frames", _n(s.frames))
-    c = s.sim
-    ingest.add_row("[dim]simulator[/]", s.sim_state)
-    if c is not None:
-        ingest.add_row("[dim]sim time[/]", _sim_time(c))
-        ingest.add_row("[dim]frames published[/]", _n(c.frames))
-        ingest.add_row("[dim]readings published[/]", _n(c.readings))
-        ingest.add_row("[dim]quarantine expected[/]", _n(c.quarantined))
-
-    quar = Table("reason", "level", "count", title="quarantine", title_justify="left")
-    for (reason, level), v in sorted(s.quarantine.items(), key=lambda kv: -kv[1]):
-        if v:
-            quar.add_row(reason, level, _n(v))
-    if not quar.rows:
-        quar.add_row("none yet", "", "")
-
-    per = Table("period", "rows", "computed", title="periods", title_justify="left")
-    for k, name in STAT_NAMES.items():
-        per.add_row(name, _n(s.periods.get(k, 0)), _n(s.computed.get(name, 0)))
-
-    up = Table("target", "backlog", "acked", "received", "records", "rejected",
-               title="uplink → mock platforms", title_justify="left")
-    for name, st in s.platforms.items():
-        up.add_row(name, _n(s.backlog.get(name, 0)), _n(s.acked.get(name, 0)), _n(st["received"]),
-                   _n(st["records"]), _n(st["rejected_records"]))
-
-    comp = Table("enterprise", "15-min values", title="completeness (lowest, highest)", title_justify="left")
-    few = s.completeness
-    shown = few if len(few) <= 6 else few[:3] + few[-3:]
-    for i, (ent, ratio) in enumerate(shown):
-        if len(few) > 6 and i == 3:
-            comp.add_row("…", "")
-        style = "red" if ratio < 0.5 else "yellow" if ratio < 0.9 else "green"
-        comp.add_row(ent, f"[{style}]{ratio:.1%}[/]")
-    if not shown:
-        comp.add_row("none yet", "")
-
-    top = Table.grid(padding=(0, 3))
-    top.add_row(ingest, quar, per)
-    bottom = Table.grid(padding=(0, 3))
-    bottom.add_row(up, comp)
-    return Group(head, top, bottom)
-
-
-# ------------------------------------------------------------------------- running
 
 
 async def _demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -409,7 +223,7 @@ async def _run(args: argparse.Namespace, settings: Settings, platforms: list[Moc
     watcher = Watcher(service, registry, platforms, sim, since)
     watcher.snap.note = "; ".join(notes)
     sim_task: asyncio.Task[Counters] | None = None
-    live = None if args.plain or not sys.stdout.isatty() else _live()
+    live = None if args.plain or not sys.stdout.isatty() else live_view()
     rc = 0
     try:
         if live is None:
@@ -464,17 +278,3 @@ async def _run(args: argparse.Namespace, settings: Settings, platforms: list[Moc
             loop.remove_signal_handler(sig)
     print("nhjc demo: stopped", flush=True)
     return rc
-
-
-def _live() -> Any:
-    """A rich Live view; log records are printed above it (warnings and worse)."""
-    from rich.console import Console
-    from rich.live import Live
-    from rich.logging import RichHandler
-
-    console = Console()
-    root = logging.getLogger()
-    handler = RichHandler(console=console, show_path=False)
-    handler.setLevel(max(logging.WARNING, root.level))
-    root.handlers = [handler]
-    return Live(console=console, refresh_per_second=2, transient=False)
