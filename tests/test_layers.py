@@ -7,7 +7,7 @@ here before anyone has to find it in review.
     tools       simulator, mock platforms, private broker and scratch database
     uplink      adapters, outbox, schedule, planner, delivery       (config, runtime)
     processing  validation, aggregation, completeness   (config, runtime, ingest)
-    ingest      collector, decoding, quality flags, reading store, items registry
+    ingest      collector, decoding, quality flags, reading store, registries
     runtime     database pool, errors and health, schema, backoff, stage runner
     config      the settings model
 """
