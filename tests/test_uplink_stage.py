@@ -131,10 +131,11 @@ def key(r: asyncpg.Record) -> tuple[str, str, int, datetime]:
     return (r["enterprise"], r["code"], r["stat_type"], r["period_start"])
 
 
-async def test_acknowledged_records_are_recorded_when_the_round_ends_in_an_unexpected_error(db: str) -> None:
-    """E1's chunk is acknowledged, then E2's write fails with a bug: the error leaves the
-    round, and E1's acknowledgement must be in the outbox all the same, or the next
-    round sends E1's records again."""
+async def test_acknowledged_records_are_recorded_when_the_round_ends_in_an_error(db: str) -> None:
+    """E1's chunk is acknowledged, then E2's part meets the database going away (an
+    error that is no one enterprise's fault, so it leaves the round for the runner), and
+    E1's acknowledgement must be in the outbox all the same, or the next round sends
+    E1's records again."""
     await seed(db)
     clock, registry, fake = FakeClock(NOW), CollectorRegistry(), FakeAdapter()
     e1_done = asyncio.Event()
@@ -144,13 +145,13 @@ async def test_acknowledged_records_are_recorded_when_the_round_ends_in_an_unexp
             e1_done.set()
             return None
         await e1_done.wait()
-        return RuntimeError("a bug in the adapter")
+        return ConnectionResetError("the database went away")
 
     fake.fail_write = e2_breaks
     async with fake_target(db, fake, clock, registry) as stage:
         with pytest.raises(BaseExceptionGroup) as raised:
             await stage.step()
-        assert raised.group_contains(RuntimeError, match="a bug in the adapter")
+        assert raised.group_contains(ConnectionResetError, match="the database went away")
         rows = await outbox(db, "p")
         assert {(r["enterprise"], r["state"], r["attempts"]) for r in rows if r["attempts"] or r["state"] != "pending"} \
             == {(E1, "acked", 1)}
@@ -167,6 +168,35 @@ async def test_acknowledged_records_are_recorded_when_the_round_ends_in_an_unexp
         assert states(rows) == {"acked": N_DUE}
         assert all(r["attempts"] == 1 for r in rows if key(r) in acked_first)
         assert count(registry, "nhjc_uplink_acked_total", target="p") == N_DUE
+
+
+async def test_a_bug_with_one_enterprise_costs_that_enterprise_alone(db: str) -> None:
+    """E2's write meets a bug on every try: E2's records wait for their retry (reason
+    ``internal``) and E1's are delivered in the same round and in every round after;
+    the round itself ends normally, so the target goes on."""
+    await seed(db)
+    clock, registry, fake = FakeClock(NOW), CollectorRegistry(), FakeAdapter()
+    fake.fail_write = failing(RuntimeError("a bug met with E2's data"), enterprise=E2)
+    async with fake_target(db, fake, clock, registry) as stage:
+        await stage.step()
+        rows = await outbox(db, "p")
+        assert all(r["state"] == "acked" for r in rows if r["enterprise"] == E1)
+        e2 = [r for r in rows if r["enterprise"] == E2]
+        assert e2 and all(r["state"] == "pending" and r["attempts"] == 1 for r in e2)
+        assert all(r["last_error"].startswith("internal: RuntimeError") for r in e2)
+        assert count(registry, "nhjc_uplink_retries_total", target="p", reason="internal") == len(e2)
+        assert count(registry, "nhjc_stage_errors_total") == 0, "the round did not fail"
+
+        # Fixed (or the data changed): E2's records go out at their retry.
+        fake.fail_write = None
+        fake.writes.clear()
+        for _ in range(30):  # the records' backoff is at most the target's 4 s
+            clock.advance(seconds=1)
+            await stage.step()
+            if states(await outbox(db, "p")) == {"acked": N_DUE}:
+                break
+        assert states(await outbox(db, "p")) == {"acked": N_DUE}
+        assert {k[0] for k in fake.written()} == {E2}
 
 
 async def test_a_rejected_chunk_is_split_until_the_refused_records_are_alone(db: str) -> None:
@@ -338,17 +368,27 @@ async def test_a_refused_registration_makes_the_records_wait(db: str) -> None:
 
 
 async def test_the_runner_counts_an_unexpected_error_and_steps_again(db: str) -> None:
-    """Run by its StageRunner: a bug in a step is counted and paused on by the runner
-    (uplink.pause_min_s), and delivery goes on once it is gone."""
+    """Run by its StageRunner: a bug in a step (here in reading the enterprise registry,
+    which every enterprise of the round needs, so it is no one enterprise's fault) is
+    counted and paused on by the runner (uplink.pause_min_s), and delivery goes on once
+    it is gone."""
     await seed(db)
     registry, fake = CollectorRegistry(), FakeAdapter()
-    fake.fail_write = failing(RuntimeError("a bug"), times=2)
     pool = await asyncpg.create_pool(db, min_size=1, max_size=4)
     try:
         settings = UplinkSettings(targets={"p": target("http://platform.invalid")}, interval_ms=20,
                                   pause_min_s=0.01, pause_max_s=0.02)
         up = Uplink(pool, settings, zone=TZ, clock=FakeClock(NOW), registry=registry,
                     health=DatabaseHealth(registry), events=RunnerEvents(registry), adapters={"p": fake})
+        directory = up.stages["p"]._directory
+        lookup, bugs = directory.lookup, [RuntimeError("a bug"), RuntimeError("a bug")]
+
+        async def buggy_lookup(codes: list[str]) -> Any:
+            if bugs:
+                raise bugs.pop()
+            return await lookup(codes)
+
+        directory.lookup = buggy_lookup  # type: ignore[method-assign]
         async with running(up):
             async def delivered() -> bool:
                 return states(await outbox(db, "p")) == {"acked": N_DUE}

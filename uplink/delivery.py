@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from config.settings import TargetSettings
 from runtime.backoff import Backoff, backoff_delay
+from runtime.dberrors import describe, is_retryable
 from uplink.adapters import Adapter, Enterprise, Registration
 from uplink.devices import Devices, call_outcome
 from uplink.enterprises import EnterpriseDirectory
@@ -136,6 +137,24 @@ class Delivery:
 
     async def _deliver_enterprise(self, enterprise: Enterprise, records: list[Record], items: list[ItemRow],
                                   out: Outcomes, sem: asyncio.Semaphore, stop: asyncio.Event) -> None:
+        """One enterprise's part of the round.  An unexpected error here (a bug met with
+        this enterprise's data, or a reply nobody foresaw) costs this enterprise alone:
+        its records without an outcome yet wait for their retry (reason ``internal``,
+        with their backoff) and the other enterprises' requests go on, so one broken
+        enterprise cannot hold up a target.  The database being away is not one
+        enterprise's fault: that goes on to the stage runner."""
+        try:
+            await self._deliver_requests(enterprise, records, items, out, sem, stop)
+        except Exception as exc:
+            if is_retryable(exc):
+                raise
+            answered = {id(r) for r, *_ in (*out.acked, *out.retried, *out.rejected)}
+            waiting = [r for r in records if id(r) not in answered]
+            self._metrics.enterprise_failed(self._name, enterprise.code, exc, len(waiting))
+            self._retry(waiting, RetryableError("internal", describe(exc)), out, sent=False)
+
+    async def _deliver_requests(self, enterprise: Enterprise, records: list[Record], items: list[ItemRow],
+                                out: Outcomes, sem: asyncio.Semaphore, stop: asyncio.Event) -> None:
         if self._halted(stop):
             return
         try:

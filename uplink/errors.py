@@ -48,6 +48,7 @@ REASONS = (
     "auth",           # token or password refused
     "register",       # registration refused: the enterprise is unknown to the platform
     "config",         # item configuration refused
+    "internal",       # an unexpected error of ours with one enterprise's records (a bug)
 )
 TRANSPORT_REASONS = frozenset({"timeout", "connect", "http_5xx", "http_408", "http_429", "busy"})
 

@@ -72,6 +72,13 @@ class UplinkMetrics:
     def answers_again(self, target: str, failures: int) -> None:
         log.info("uplink %s: target answers again after %d failed rounds", target, failures)
 
+    def enterprise_failed(self, target: str, enterprise: str, exc: BaseException, waiting: int) -> None:
+        """An unexpected error (a bug met with this enterprise's data or replies) ended
+        its part of a round; its records wait, counted as retries (reason ``internal``)
+        by :meth:`retried`, and the other enterprises went on."""
+        log.error("uplink %s: %s: unexpected error; %d record(s) wait for their retry, "
+                  "the other enterprises go on", target, enterprise, waiting, exc_info=exc)
+
     def device_error(self, target: str, enterprise: str, error: str) -> None:
         """Registration or item configuration failed: the enterprise's records wait (they
         are counted as retries by :meth:`retried`)."""
