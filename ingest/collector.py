@@ -80,6 +80,9 @@ class Collector:
         self._on_state = on_state or (lambda connected: None)
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         self.connected = False
+        # Subscribed on this connection: the broker acknowledged every subscription, so
+        # what is published from now on reaches us (a new session holds nothing before).
+        self.subscribed = False
         self.peak_unacked = 0  # the most messages held at once since start
         self._generation = 0
         # The window: messages received and not yet handed back to ``ack``, of this
@@ -118,6 +121,7 @@ class Collector:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         c.on_socket_open = self._on_socket_open
         c.on_socket_close = self._on_socket_close
         c.on_socket_register_write = self._on_register_write
@@ -234,10 +238,18 @@ class Collector:
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._topics])
         self._connected_evt.set()
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], props: Any) -> None:
+        refused = [f"{t}: {r}" for t, r in zip(self._topics, reasons, strict=False) if r.is_failure]
+        if refused:
+            log.warning("broker refused the subscription (%s); not ready", "; ".join(refused))
+            return
+        self.subscribed = True
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self.connected and not self._leaving:
             log.warning("disconnected from broker: %s", reason)
         self.connected = False
+        self.subscribed = False
         self._on_state(False)
         self._disconnected_evt.set()
 
@@ -356,4 +368,4 @@ class Collector:
                 log.warning("broker did not confirm the disconnect")
         if self._misc is not None:
             self._misc.cancel()
-        self.connected = False
+        self.connected = self.subscribed = False

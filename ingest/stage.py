@@ -89,8 +89,10 @@ class IngestStage:
     # --- what the composition root drives -------------------------------------------
     @property
     def connected(self) -> bool:
-        """Connected to the broker now."""
-        return self._collector.connected
+        """Connected to the broker, and subscribed: a message published now reaches us.
+        Ready only then, or a gateway told "ready" could publish into a new session's
+        gap between CONNACK and SUBACK, where the broker keeps nothing for us."""
+        return self._collector.connected and self._collector.subscribed
 
     async def run_collector(self) -> None:
         """Stay connected to the broker until ``finished``; then disconnect, keeping the

@@ -89,7 +89,7 @@ class Service:
         if self.health.up is not True:
             reasons["database"] = self.health.reason or "not checked yet"
         if not (self.ingest and self.ingest.connected):
-            reasons["broker"] = "not connected"
+            reasons["broker"] = "not connected and subscribed"
         return reasons
 
     async def _watch_database(self, stop: asyncio.Event) -> None:

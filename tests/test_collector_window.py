@@ -420,3 +420,21 @@ def test_nhjc_run_holds_no_more_than_its_window_while_the_database_is_blocked(
     finally:
         lock.close()
         assert svc.stop() == 0
+
+
+async def test_subscribed_means_a_message_published_now_reaches_a_new_session(greedy: PrivateBroker) -> None:
+    """Readiness waits for the SUBACK: a new session holds nothing for us before it, so a
+    message published between CONNACK and SUBACK would be lost to a gateway told we were
+    ready.  Published the moment ``subscribed`` is true, a message (not retained) arrives;
+    the flag drops with the connection."""
+    d = Drive(greedy.url, f"window-sub-{uuid.uuid4().hex[:6]}")
+    d.task = asyncio.create_task(d.c.run(d.done))
+    try:
+        await until(lambda: d.c.subscribed, 10, "the SUBACK")
+        assert d.c.connected
+        await asyncio.to_thread(publish, greedy.port, TOPIC, [b"first"])
+        await until(lambda: d.c.queue.qsize() == 1, 10, "the first message")
+        assert d.ack(d.take()) == 1
+    finally:
+        await d.stop()
+    assert not d.c.subscribed and not d.c.connected
