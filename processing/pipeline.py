@@ -21,6 +21,7 @@ from processing.periodvalues import (
     compose,
     distribute,
     finish,
+    first_readings,
     gap_tiers,
     totals,
 )
@@ -115,5 +116,7 @@ def compute(readings: Readings, items: ItemTable, calendar: Calendar, *, max_gap
     v = first.validated
     tiers = tier_rows(v.segments, flags, quarters, bounds, hierarchical=hierarchical)
     per_item = Consumption.concat([finish(tiers[t], items) for t in TIERS])
-    consumption = Consumption.concat([per_item, totals(per_item, items)])
+    since = first_readings(readings.item[np.isfinite(readings.value)],
+                           readings.ts[np.isfinite(readings.value)], len(items))
+    consumption = Consumption.concat([per_item, totals(per_item, items, since)])
     return Result(v, quality, flags, tiers, consumption)
