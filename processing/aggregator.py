@@ -38,6 +38,7 @@ from processing.itemtable import CUMULATIVE, INSTANT, ItemTable
 from processing.metrics import ProcessingMetrics
 from processing.periods import DAY, MONTH, QUARTER, QUARTER_US, TIERS, YEAR, Calendar
 from processing.periodvalues import (
+    NO_READING,
     Consumption,
     GapRows,
     PeriodRows,
@@ -70,6 +71,12 @@ _BRIDGE_US = 3_600_000_000  # pending ranges of an item less than an hour apart 
 _MORE_PER_ITEM = 50  # extra pending rows of a claimed item taken in the same run
 
 
+def _key(item: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """One int64 per (item, period start): starts are whole seconds."""
+    k: np.ndarray = (item.astype(np.int64) << 33) | (start // 1_000_000)
+    return k
+
+
 def _objects(values: list[str], index: np.ndarray) -> list[str]:
     picked: list[str] = np.asarray(values, dtype=object)[index].tolist()
     return picked
@@ -92,6 +99,7 @@ class Aggregator:
         self._max_gap_us = int(settings.max_gap_s * 1e6)
         self._stuck_after_us = int(settings.stuck_after_s * 1e6)
         self._chunk = settings.chunk
+        self._out_of_line_us = int(settings.out_of_line_s * 1e6)
         self.metrics = ProcessingMetrics(registry)
 
     async def step(self) -> bool:
@@ -136,6 +144,12 @@ class Aggregator:
         hi = np.fromiter((c["hi"] for c in claims), np.int64, len(claims))
         known = item >= 0  # readings exist only for registered items; be safe anyway
         if known.any():
+            # Before loading: the flag then rides with the readings like ingest's.
+            ents, codes = self._keys(items, item[known])
+            k = np.arange(int(known.sum()), dtype=np.int32).tolist()
+            flagged = await conn.fetch(sql.FLAG_OUT_OF_LINE, k, ents, codes, lo[known].tolist(),
+                                       hi[known].tolist(), self._out_of_line_us, q.OUT_OF_LINE)
+            run.flagged[q.FLAG_NAMES[q.OUT_OF_LINE]] += len(flagged)
             # Ranges of an item close together become one: what lies between them is
             # loaded anyway, and one neighbour lookup is cheaper than many.
             merged = merge_intervals(item[known], lo[known], hi[known], bridge=_BRIDGE_US)
@@ -175,13 +189,19 @@ class Aggregator:
         v = first.validated
         await self._write_gaps(conn, items, readings, v.segments, flags, bounds)
 
-        # Tiers: 15 minutes from the readings, the rest from their children.
+        # Tiers: 15 minutes from the readings, the rest from their children.  Rows a
+        # period no longer deserves are withdrawn, and their parents recomputed too.
         child = quarters.take(keep_q)
-        written = [await self._upsert(conn, items, finish(child, items), run)]
+        e_item, e_start = await self._stored_quarters(conn, items, w_item, w_lo, w_hi)
+        keys = [await self._settle(conn, items, QUARTER, finish(child, items), e_item, e_start,
+                                   run)]
         for tier in (DAY, MONTH, YEAR):
-            child = await self._coarse(conn, items, child, bounds[tier], tier)
-            written.append(await self._upsert(conn, items, finish(child, items), run))
-        await self._totals(conn, items, Consumption.concat(written), bounds, run)
+            c_item, c_start, _ = keys[-1]
+            rows = await self._coarse(conn, items, c_item, c_start, bounds[tier], tier)
+            p_item, p_start = self._parents(c_item, c_start, bounds[tier])
+            keys.append(await self._settle(conn, items, tier, finish(rows, items), p_item,
+                                           p_start, run))
+        await self._totals(conn, items, keys, bounds, run)
 
         await self._write_flags(conn, items, readings, quality, run)
         await self._write_events(conn, items, readings, v.ends_segment, v.event_reading,
@@ -268,14 +288,24 @@ class Aggregator:
                          (recomputed.item << 32) | (recomputed.start // 1_000_000))
         return Movers.of(items, item[fresh], start[fresh], np.ones(int(fresh.sum())))
 
-    async def _coarse(self, conn: asyncpg.Connection, items: ItemTable, child: PeriodRows,
-                      bounds: np.ndarray, tier: int) -> PeriodRows:
-        """Every period of ``tier`` containing one of ``child`` (just written), rebuilt
-        from all its children in the database and its crossing gap segments."""
-        if len(child) == 0:
-            return child
-        p = np.searchsorted(bounds, child.start, "right") - 1
-        key = np.unique(child.item * np.int64(len(bounds)) + p)
+    @staticmethod
+    def _parents(item: np.ndarray, start: np.ndarray, bounds: np.ndarray,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(item, start) of the periods of ``bounds`` holding the given child periods."""
+        p = np.searchsorted(bounds, start, "right") - 1
+        key = np.unique(item * np.int64(len(bounds)) + p)
+        return key // len(bounds), bounds[key % len(bounds)]
+
+    async def _coarse(self, conn: asyncpg.Connection, items: ItemTable, c_item: np.ndarray,
+                      c_start: np.ndarray, bounds: np.ndarray, tier: int) -> PeriodRows:
+        """Every period of ``tier`` containing one of the child periods (just written or
+        withdrawn), rebuilt from all its children in the database and its crossing gap
+        segments."""
+        if len(c_item) == 0:
+            z = np.zeros(0, np.int64)
+            return PeriodRows(tier, z, z, z, np.zeros(0), z, np.zeros(0, np.int32))
+        p = np.searchsorted(bounds, c_start, "right") - 1
+        key = np.unique(c_item * np.int64(len(bounds)) + p)
         t_item, t_p = key // len(bounds), key % len(bounds)
         t_lo, t_hi = bounds[t_p], bounds[t_p + 1]
         ents, codes = self._keys(items, t_item)
@@ -301,6 +331,36 @@ class Aggregator:
         )
         return compose(summed, gaps, bounds, tier)
 
+    async def _stored_quarters(self, conn: asyncpg.Connection, items: ItemTable,
+                               w_item: np.ndarray, w_lo: np.ndarray, w_hi: np.ndarray,
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        """(item, start) of the stored 15-minute rows inside the windows that say
+        something: all of them are recomputed, so each is either written again or
+        withdrawn."""
+        ents, codes = self._keys(items, w_item)
+        k = np.arange(len(w_item), dtype=np.int32).tolist()
+        rows = await conn.fetch(sql.STORED_IN_WINDOWS, k, ents, codes, w_lo.tolist(),
+                                w_hi.tolist())
+        wk = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        return w_item[wk], np.fromiter((r[1] for r in rows), np.int64, len(rows))
+
+    async def _settle(self, conn: asyncpg.Connection, items: ItemTable, tier: int,
+                      c: Consumption, cand_item: np.ndarray, cand_start: np.ndarray, run: _Run,
+                      ) -> tuple[np.ndarray, np.ndarray, Consumption]:
+        """Write the rows of ``c`` (one tier) and withdraw the candidate periods it no
+        longer holds; (item, start) of both, and ``c``."""
+        await self._upsert(conn, items, c, run)
+        gone = ~np.isin(_key(cand_item, cand_start), _key(c.item, c.start))
+        if gone.any():
+            ents, codes = self._keys(items, cand_item[gone])
+            n = int(gone.sum())
+            result = await conn.fetch(sql.WITHDRAW, ents, codes, [tier] * n,
+                                      cand_start[gone].tolist())
+            run.computed[tier] += n
+            run.changed[tier] += sum(1 for r in result if r["changed"])
+        return (np.concatenate([c.item, cand_item[gone]]),
+                np.concatenate([c.start, cand_start[gone]]), c)
+
     async def _upsert(self, conn: asyncpg.Connection, items: ItemTable, c: Consumption,
                       run: _Run) -> Consumption:
         if len(c):
@@ -315,18 +375,25 @@ class Aggregator:
                     run.changed[r["stat_type"]] += 1
         return c
 
-    async def _totals(self, conn: asyncpg.Connection, items: ItemTable, written: Consumption,
+    async def _totals(self, conn: asyncpg.Connection, items: ItemTable,
+                      keys: list[tuple[np.ndarray, np.ndarray, Consumption]],
                       bounds: dict[int, np.ndarray], run: _Run) -> None:
-        """0000 rows of every (enterprise, tier, period) recomputed for some item, from all
-        the enterprise's counted items in the database.  Not only counted items' periods:
-        an item that stopped counting (its scope changed) must leave the total too."""
-        if len(written) == 0:
+        """0000 rows of every (enterprise, tier, period) recomputed or withdrawn for some
+        item, from all the enterprise's counted items in the database, a counted item
+        without a row counting as measuring nothing from its first reading on.  Not only
+        counted items' periods: an item that stopped counting (its scope changed) must
+        leave the total too."""
+        tiers = np.concatenate([np.full(len(k[0]), t, np.int64) for t, k in zip(TIERS, keys,
+                                                                                strict=True)])
+        item = np.concatenate([k[0] for k in keys])
+        if len(item) == 0:
             return
-        ent = items.ent[written.item]
-        keys = np.unique(np.stack([ent, written.tier.astype(np.int64), written.start]), axis=1)
-        counted_codes = sorted({items.code[i] for i in np.flatnonzero(items.in_total())})
-        rows = await conn.fetch(sql.TOTAL_INPUTS, _objects(items.enterprises, keys[0]),
-                                keys[1].tolist(), keys[2].tolist(), counted_codes)
+        ent = items.ent[item]
+        key = np.unique(np.stack([ent, tiers, np.concatenate([k[1] for k in keys])]), axis=1)
+        counted = np.flatnonzero(items.in_total() & np.isin(items.ent, key[0]))
+        counted_codes = sorted({items.code[i] for i in counted})
+        rows = await conn.fetch(sql.TOTAL_INPUTS, _objects(items.enterprises, key[0]),
+                                key[1].tolist(), key[2].tolist(), counted_codes)
         item = items.lookup((r[0] for r in rows), (r[1] for r in rows))
         ok = item >= 0
         n = len(rows)
@@ -344,7 +411,28 @@ class Aggregator:
             np.fromiter((r[6] for r in rows), bool, n)[ok],
             np.fromiter((r[7] for r in rows), np.int32, n)[ok],
         )
-        await self._upsert(conn, items, totals(inputs, items), run)
+        since = await self._first_readings(conn, items, counted)
+        result = totals(inputs, items, since)
+        cand_item = items.total[key[0]]
+        for t in TIERS:
+            m = key[1] == t
+            await self._settle(conn, items, t, result.take(result.tier == t), cand_item[m],
+                               key[2][m], run)
+
+    async def _first_readings(self, conn: asyncpg.Connection, items: ItemTable,
+                              counted: np.ndarray) -> np.ndarray:
+        """Per item, its first finite reading (NO_READING for items not asked about or
+        never heard from)."""
+        since = np.full(len(items), NO_READING, np.int64)
+        if len(counted) == 0:
+            return since
+        ents, codes = self._keys(items, counted)
+        rows = await conn.fetch(sql.FIRST_READINGS, np.arange(len(counted), dtype=np.int32).tolist(),
+                                ents, codes)
+        for r in rows:
+            if r["since"] is not None:
+                since[counted[r["k"]]] = r["since"]
+        return since
 
     async def _write_flags(self, conn: asyncpg.Connection, items: ItemTable, r: Readings,
                            quality: np.ndarray, run: _Run) -> None:
