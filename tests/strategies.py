@@ -195,7 +195,7 @@ def series(draw: st.DrawFn, *, kinds: Sequence[str] = ("cumulative", "interval",
 
 
 @st.composite
-def starting_and_stopping(draw: st.DrawFn, **kw: Any) -> Series:
+def starting_and_stopping(draw: st.DrawFn, /, **kw: Any) -> Series:
     """:func:`series` whose items each start late and stop early at random (a meter
     installed during the span, one that goes silent for good, one never heard from)."""
     s = draw(series(**kw))
