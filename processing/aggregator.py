@@ -44,6 +44,7 @@ from processing.periodvalues import (
     PeriodRows,
     compose,
     finish,
+    first_readings,
     gap_tiers,
     totals,
 )
@@ -100,6 +101,10 @@ class Aggregator:
         self._stuck_after_us = int(settings.stuck_after_s * 1e6)
         self._chunk = settings.chunk
         self._out_of_line_us = int(settings.out_of_line_s * 1e6)
+        # First finite reading per counted item, once looked up: it only ever moves
+        # earlier, and every reading this instance processes passes through _recompute.
+        # (A backfill processed by another instance is seen after a restart.)
+        self._since: dict[tuple[str, str], int] = {}
         self.metrics = ProcessingMetrics(registry)
 
     async def step(self) -> bool:
@@ -168,6 +173,7 @@ class Aggregator:
         if readings is None:
             return
         run.readings += len(readings)
+        self._note_first_readings(items, readings)
         cal = self._calendar
         span_lo, span_hi = int(readings.ts.min()), int(readings.ts.max())
         bounds = {t: cal.bounds(t, span_lo, span_hi) for t in TIERS}
@@ -419,19 +425,30 @@ class Aggregator:
             await self._settle(conn, items, t, result.take(result.tier == t), cand_item[m],
                                key[2][m], run)
 
+    def _note_first_readings(self, items: ItemTable, r: Readings) -> None:
+        fin = np.isfinite(r.value)
+        first = first_readings(r.item[fin], r.ts[fin], len(items))
+        for i in np.flatnonzero(first < NO_READING):
+            key = (items.enterprise[i], items.code[i])
+            if key in self._since:
+                self._since[key] = min(self._since[key], int(first[i]))
+
     async def _first_readings(self, conn: asyncpg.Connection, items: ItemTable,
                               counted: np.ndarray) -> np.ndarray:
         """Per item, its first finite reading (NO_READING for items not asked about or
         never heard from)."""
         since = np.full(len(items), NO_READING, np.int64)
-        if len(counted) == 0:
-            return since
-        ents, codes = self._keys(items, counted)
-        rows = await conn.fetch(sql.FIRST_READINGS, np.arange(len(counted), dtype=np.int32).tolist(),
-                                ents, codes)
-        for r in rows:
-            if r["since"] is not None:
-                since[counted[r["k"]]] = r["since"]
+        ask = [int(i) for i in counted
+               if (items.enterprise[i], items.code[i]) not in self._since]
+        if ask:
+            ents, codes = self._keys(items, np.array(ask, np.int64))
+            rows = await conn.fetch(sql.FIRST_READINGS, list(range(len(ask))), ents, codes)
+            for r in rows:
+                if r["since"] is not None:
+                    i = ask[r["k"]]
+                    self._since[(items.enterprise[i], items.code[i])] = r["since"]
+        for i in counted:
+            since[i] = self._since.get((items.enterprise[i], items.code[i]), NO_READING)
         return since
 
     async def _write_flags(self, conn: asyncpg.Connection, items: ItemTable, r: Readings,
