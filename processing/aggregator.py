@@ -149,15 +149,15 @@ class Aggregator:
         hi = np.fromiter((c["hi"] for c in claims), np.int64, len(claims))
         known = item >= 0  # readings exist only for registered items; be safe anyway
         if known.any():
-            # Before loading: the flag then rides with the readings like ingest's.
-            ents, codes = self._keys(items, item[known])
-            k = np.arange(int(known.sum()), dtype=np.int32).tolist()
-            flagged = await conn.fetch(sql.FLAG_OUT_OF_LINE, k, ents, codes, lo[known].tolist(),
-                                       hi[known].tolist(), self._out_of_line_us, q.OUT_OF_LINE)
-            run.flagged[q.FLAG_NAMES[q.OUT_OF_LINE]] += len(flagged)
             # Ranges of an item close together become one: what lies between them is
             # loaded anyway, and one neighbour lookup is cheaper than many.
             merged = merge_intervals(item[known], lo[known], hi[known], bridge=_BRIDGE_US)
+            # Before loading: the flag then rides with the readings like ingest's.
+            ents, codes = self._keys(items, merged[0])
+            k = np.arange(len(merged[0]), dtype=np.int32).tolist()
+            flagged = await conn.fetch(sql.FLAG_OUT_OF_LINE, k, ents, codes, merged[1].tolist(),
+                                       merged[2].tolist(), self._out_of_line_us, q.OUT_OF_LINE)
+            run.flagged[q.FLAG_NAMES[q.OUT_OF_LINE]] += len(flagged)
             await self._recompute(conn, items, *merged, run)
         await conn.execute(sql.DELETE_CLAIMED, [c["id"] for c in claims])
         run.pending = len(claims)
