@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from config.settings import ProcessingSettings
 from ingest import quality as q
 from processing import queries as sql
-from processing.itemtable import CUMULATIVE, INSTANT, ItemTable
+from processing.itemtable import CUMULATIVE, INSTANT, TOTAL_CODE, ItemTable
 from processing.metrics import ProcessingMetrics
 from processing.periods import DAY, MONTH, QUARTER, QUARTER_US, TIERS, YEAR, Calendar
 from processing.periodvalues import (
@@ -69,7 +69,18 @@ class _Run:
 
 
 _BRIDGE_US = 3_600_000_000  # pending ranges of an item less than an hour apart are merged
+_FAR_FUTURE = 7_258_118_400_000_000  # 2200-01-01: "until now and ever after", as a time
 _MORE_PER_ITEM = 50  # extra pending rows of a claimed item taken in the same run
+
+
+@dataclass(frozen=True, slots=True)
+class _Begun:
+    """Ranges with which an item's series begins: ``lo``, and ``until`` where it began
+    before (NO_READING for an item heard from for the first time)."""
+
+    item: np.ndarray
+    lo: np.ndarray
+    until: np.ndarray
 
 
 def _key(item: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -168,7 +179,7 @@ class Aggregator:
     async def _recompute(self, conn: asyncpg.Connection, items: ItemTable, item: np.ndarray,
                          lo: np.ndarray, hi: np.ndarray, run: _Run) -> None:
         """Everything the readings of ``item`` in ``[lo, hi]`` (merged per item) touch."""
-        w_item, w_lo, w_hi = await self._windows(conn, items, item, lo, hi)
+        w_item, w_lo, w_hi, begun = await self._windows(conn, items, item, lo, hi)
         readings = await self._load(conn, items, w_item, w_lo, w_hi)
         if readings is None:
             return
@@ -207,15 +218,17 @@ class Aggregator:
             p_item, p_start = self._parents(c_item, c_start, bounds[tier])
             keys.append(await self._settle(conn, items, tier, finish(rows, items), p_item,
                                            p_start, run))
-        await self._totals(conn, items, keys, bounds, run)
+        await self._totals(conn, items, keys, begun, run)
 
         await self._write_flags(conn, items, readings, quality, run)
         await self._write_events(conn, items, readings, v.ends_segment, v.event_reading,
                                  v.event_kind, run)
 
     async def _windows(self, conn: asyncpg.Connection, items: ItemTable, item: np.ndarray,
-                       lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The merged 15-minute windows around each range and its finite neighbours."""
+                       lo: np.ndarray, hi: np.ndarray,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Begun]:
+        """The merged 15-minute windows around each range and its finite neighbours, and
+        the ranges with no reading before them: their item's series now begins there."""
         ents, codes = self._keys(items, item)
         k = np.arange(len(item), dtype=np.int32)
         rows = await conn.fetch(sql.NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist())
@@ -225,7 +238,12 @@ class Aggregator:
         b[rk] = [hi[i] if r["after"] is None else r["after"] for i, r in zip(rk, rows, strict=True)]
         qb = self._calendar.bounds(QUARTER, int(a.min()), int(b.max()))
         ws, we = quarter_windows(qb, a, b)
-        return merge_intervals(item, ws, we)
+        first = np.ones(len(item), bool)
+        first[rk] = [r["before"] is None for r in rows]
+        until = np.full(len(item), NO_READING, np.int64)  # where it began before, at most
+        until[rk] = [NO_READING if r["after"] is None else r["after"] for r in rows]
+        begun = _Begun(item[first], lo[first], np.minimum(until[first], _FAR_FUTURE))
+        return (*merge_intervals(item, ws, we), begun)
 
     async def _load(self, conn: asyncpg.Connection, items: ItemTable, w_item: np.ndarray,
                     w_lo: np.ndarray, w_hi: np.ndarray) -> Readings | None:
@@ -382,20 +400,33 @@ class Aggregator:
         return c
 
     async def _totals(self, conn: asyncpg.Connection, items: ItemTable,
-                      keys: list[tuple[np.ndarray, np.ndarray, Consumption]],
-                      bounds: dict[int, np.ndarray], run: _Run) -> None:
+                      keys: list[tuple[np.ndarray, np.ndarray, Consumption]], begun: _Begun,
+                      run: _Run) -> None:
         """0000 rows of every (enterprise, tier, period) recomputed or withdrawn for some
         item, from all the enterprise's counted items in the database, a counted item
         without a row counting as measuring nothing from its first reading on.  Not only
         counted items' periods: an item that stopped counting (its scope changed) must
-        leave the total too."""
+        leave the total too.  Where a counted item's series now begins earlier, the
+        stored totals between its new and its old beginning are recomputed as well: it
+        takes part in them now."""
         tiers = np.concatenate([np.full(len(k[0]), t, np.int64) for t, k in zip(TIERS, keys,
                                                                                 strict=True)])
         item = np.concatenate([k[0] for k in keys])
-        if len(item) == 0:
-            return
+        starts = np.concatenate([k[1] for k in keys])
         ent = items.ent[item]
-        key = np.unique(np.stack([ent, tiers, np.concatenate([k[1] for k in keys])]), axis=1)
+        b_ok = items.in_total()[begun.item]
+        if b_ok.any():
+            ents, _ = self._keys(items, begun.item[b_ok])
+            stale = await conn.fetch(sql.STORED_TOTALS, ents, begun.lo[b_ok].tolist(),
+                                     begun.until[b_ok].tolist())
+            ent = np.concatenate([ent, items.ent[items.lookup(
+                (r[0] for r in stale), (TOTAL_CODE for _ in stale))]])
+            tiers = np.concatenate([tiers, np.fromiter((r[1] for r in stale), np.int64, len(stale))])
+            starts = np.concatenate([starts, np.fromiter((r[2] for r in stale), np.int64,
+                                                         len(stale))])
+        if len(ent) == 0:
+            return
+        key = np.unique(np.stack([ent, tiers, starts]), axis=1)
         counted = np.flatnonzero(items.in_total() & np.isin(items.ent, key[0]))
         counted_codes = sorted({items.code[i] for i in counted})
         rows = await conn.fetch(sql.TOTAL_INPUTS, _objects(items.enterprises, key[0]),
@@ -408,8 +439,9 @@ class Aggregator:
         end = np.empty(len(start), np.int64)
         for t in TIERS:
             m = tier == t
-            b = bounds[t]
-            end[m] = b[np.searchsorted(b, start[m], "right")]
+            if m.any():
+                b = self._calendar.bounds(t, int(start[m].min()), int(start[m].max()) + 1)
+                end[m] = b[np.searchsorted(b, start[m], "right")]
         kgce = np.fromiter((r[4] for r in rows), np.float64, n)[ok]
         inputs = Consumption(
             tier, item[ok], start, end, kgce, kgce,
@@ -426,7 +458,7 @@ class Aggregator:
                                key[2][m], run)
 
     def _note_first_readings(self, items: ItemTable, r: Readings) -> None:
-        fin = np.isfinite(r.value)
+        fin = np.isfinite(r.value) & ((r.quality & q.OUT_OF_LINE) == 0)
         first = first_readings(r.item[fin], r.ts[fin], len(items))
         for i in np.flatnonzero(first < NO_READING):
             key = (items.enterprise[i], items.code[i])

@@ -8,13 +8,14 @@ the server: one round trip per statement, whatever the number of items.
 
 from __future__ import annotations
 
+from ingest.quality import OUT_OF_LINE
 from processing.itemtable import TOTAL_CODE
 from processing.periods import QUARTER_US
 
 __all__ = [
     "BACKLOG", "CHILDREN", "CLAIM", "CLAIM_MORE", "DELETE_CLAIMED", "DELETE_EVENTS",
     "DELETE_GAPS", "FIRST_READINGS", "FLAG_OUT_OF_LINE", "GAPS", "INSERT_GAPS", "ITEMS", "LOAD",
-    "MOVERS", "NEIGHBOURS", "PLANNER", "RUN_SINCE", "STORED_IN_WINDOWS", "TOTAL_INPUTS",
+    "MOVERS", "NEIGHBOURS", "PLANNER", "RUN_SINCE", "STORED_IN_WINDOWS", "STORED_TOTALS", "TOTAL_INPUTS",
     "UPDATE_QUALITY", "UPSERT", "UPSERT_EVENTS", "WITHDRAW",
 ]
 
@@ -256,11 +257,24 @@ WHERE c.enterprise = u.e AND c.code = u.c AND c.stat_type = u.st
 RETURNING c.stat_type, c.computed_at = now() AS changed
 """
 
+# Stored totals of periods ending after $2 and starting before $3 (per enterprise): an
+# item's series now begins at $2 where it began at $3 before.
+STORED_TOTALS = f"""
+SELECT c.enterprise, c.stat_type, {_us('c.period_start')}
+FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(e, lo, hi)
+JOIN consumption c ON c.enterprise = u.e AND c.code = '{TOTAL_CODE}'
+  AND c.period_start < {_ts('u.hi')}
+  AND c.period_start > {_ts('u.lo')} - CASE c.stat_type WHEN 0 THEN interval '15 minutes'
+    WHEN 1 THEN interval '25 hours' WHEN 2 THEN interval '31 days' ELSE interval '366 days' END
+WHERE c.coverage > 0
+"""
+
 # The first finite reading of each item: a counted item takes part in its enterprise's
 # totals from there on.
 FIRST_READINGS = f"""
 SELECT u.k, (SELECT {_us('min(r.ts)')} FROM readings r
-             WHERE r.enterprise = u.e AND r.code = u.c AND {_FINITE}) AS since
+             WHERE r.enterprise = u.e AND r.code = u.c AND {_FINITE}
+               AND r.quality & {OUT_OF_LINE} = 0) AS since
 FROM unnest($1::int4[], $2::text[], $3::text[]) AS u(k, e, c)
 """
 
