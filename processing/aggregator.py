@@ -83,9 +83,10 @@ class _Begun:
     until: np.ndarray
 
 
-def _key(item: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """One int64 per (item, period start): starts are whole seconds."""
-    k: np.ndarray = (item.astype(np.int64) << 33) | (start // 1_000_000)
+def _key(item: np.ndarray, start: np.ndarray, tier: np.ndarray | int) -> np.ndarray:
+    """One int64 per (item, period start, tier): starts are whole seconds after 1970."""
+    k: np.ndarray = ((item.astype(np.int64) << 35) | ((start // 1_000_000) << 2)
+                     | np.asarray(tier, np.int64))
     return k
 
 
@@ -368,20 +369,23 @@ class Aggregator:
         wk = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         return w_item[wk], np.fromiter((r[1] for r in rows), np.int64, len(rows))
 
-    async def _settle(self, conn: asyncpg.Connection, items: ItemTable, tier: int,
+    async def _settle(self, conn: asyncpg.Connection, items: ItemTable, tier: int | np.ndarray,
                       c: Consumption, cand_item: np.ndarray, cand_start: np.ndarray, run: _Run,
                       ) -> tuple[np.ndarray, np.ndarray, Consumption]:
-        """Write the rows of ``c`` (one tier) and withdraw the candidate periods it no
-        longer holds; (item, start) of both, and ``c``."""
+        """Write the rows of ``c`` and withdraw the candidate periods (of ``tier``, one or
+        one per candidate) it no longer holds; (item, start) of both, and ``c``."""
         await self._upsert(conn, items, c, run)
-        gone = ~np.isin(_key(cand_item, cand_start), _key(c.item, c.start))
+        tiers = np.broadcast_to(np.asarray(tier, np.int64), cand_item.shape)
+        gone = ~np.isin(_key(cand_item, cand_start, tiers), _key(c.item, c.start, c.tier))
         if gone.any():
             ents, codes = self._keys(items, cand_item[gone])
-            n = int(gone.sum())
-            result = await conn.fetch(sql.WITHDRAW, ents, codes, [tier] * n,
+            result = await conn.fetch(sql.WITHDRAW, ents, codes, tiers[gone].tolist(),
                                       cand_start[gone].tolist())
-            run.computed[tier] += n
-            run.changed[tier] += sum(1 for r in result if r["changed"])
+            for t, n in zip(*np.unique(tiers[gone], return_counts=True), strict=True):
+                run.computed[int(t)] += int(n)
+            for r in result:
+                if r["changed"]:
+                    run.changed[r["stat_type"]] += 1
         return (np.concatenate([c.item, cand_item[gone]]),
                 np.concatenate([c.start, cand_start[gone]]), c)
 
@@ -451,11 +455,7 @@ class Aggregator:
         )
         since = await self._first_readings(conn, items, counted)
         result = totals(inputs, items, since)
-        cand_item = items.total[key[0]]
-        for t in TIERS:
-            m = key[1] == t
-            await self._settle(conn, items, t, result.take(result.tier == t), cand_item[m],
-                               key[2][m], run)
+        await self._settle(conn, items, key[1], result, items.total[key[0]], key[2], run)
 
     def _note_first_readings(self, items: ItemTable, r: Readings) -> None:
         fin = np.isfinite(r.value) & ((r.quality & q.OUT_OF_LINE) == 0)
