@@ -208,6 +208,10 @@ class ProcessingSettings(Section):
     pause_min_s: float = Field(0.5, gt=0)
     pause_max_s: float = Field(5.0, gt=0)
 
+    # Issue 14: a reading that arrives when its item already has a reading more than
+    # this much later is flagged out_of_line (a clock error or a stray old value).
+    out_of_line_s: float = Field(30 * 86400.0, gt=0)
+
     @property
     def zone(self) -> ZoneInfo:
         """The time zone, as the stages use it (the text is checked at load)."""

@@ -14,11 +14,13 @@ __all__ = [
     "INGEST_FLAGS",
     "LATE",
     "NON_FINITE",
+    "OUT_OF_LINE",
     "OUT_OF_RANGE",
     "PROCESSING_FLAGS",
     "RESET",
     "ROLLOVER",
     "SPIKE",
+    "STICKY",
     "STUCK",
     "SUSPECT",
     "names",
@@ -32,14 +34,20 @@ ROLLOVER = 16  # the register wrapped at its rollover value just before this rea
 RESET = 32  # the register went down with no rollover to explain it (reset or new meter)
 SPIKE = 64  # the consumption rate up to this reading is beyond the item's plausible maximum
 STUCK = 128  # the register has not moved for a long time while the enterprise's others did
+# Arrived when its item already had a reading far later (processing.out_of_line_s): a
+# gateway's clock error or one stray old value.  Judged once, at arrival order, so kept.
+OUT_OF_LINE = 256
 
 INGEST_FLAGS = EARLY | LATE
-PROCESSING_FLAGS = NON_FINITE | OUT_OF_RANGE | ROLLOVER | RESET | SPIKE | STUCK
+PROCESSING_FLAGS = NON_FINITE | OUT_OF_RANGE | ROLLOVER | RESET | SPIKE | STUCK | OUT_OF_LINE
+# Flags a recomputation keeps as stored: they depend on when a reading arrived, which a
+# recomputation of its surroundings cannot tell again.
+STICKY = INGEST_FLAGS | OUT_OF_LINE
 
 # Flags that make a period resting on the reading not valid.  LATE is not suspect: a
 # backfill after an outage is normal and its values are as good as on-time ones; a
 # ROLLOVER is explained, so its consumption is trusted too.
-SUSPECT = EARLY | NON_FINITE | OUT_OF_RANGE | RESET | SPIKE | STUCK
+SUSPECT = EARLY | NON_FINITE | OUT_OF_RANGE | RESET | SPIKE | STUCK | OUT_OF_LINE
 
 FLAG_NAMES: dict[int, str] = {
     EARLY: "early",
@@ -50,6 +58,7 @@ FLAG_NAMES: dict[int, str] = {
     RESET: "reset",
     SPIKE: "spike",
     STUCK: "stuck",
+    OUT_OF_LINE: "out_of_line",
 }
 
 

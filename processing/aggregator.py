@@ -34,15 +34,17 @@ from prometheus_client import CollectorRegistry
 from config.settings import ProcessingSettings
 from ingest import quality as q
 from processing import queries as sql
-from processing.itemtable import CUMULATIVE, INSTANT, ItemTable
+from processing.itemtable import CUMULATIVE, INSTANT, TOTAL_CODE, ItemTable
 from processing.metrics import ProcessingMetrics
 from processing.periods import DAY, MONTH, QUARTER, QUARTER_US, TIERS, YEAR, Calendar
 from processing.periodvalues import (
+    NO_READING,
     Consumption,
     GapRows,
     PeriodRows,
     compose,
     finish,
+    first_readings,
     gap_tiers,
     totals,
 )
@@ -67,7 +69,25 @@ class _Run:
 
 
 _BRIDGE_US = 3_600_000_000  # pending ranges of an item less than an hour apart are merged
+_FAR_FUTURE = 7_258_118_400_000_000  # 2200-01-01: "until now and ever after", as a time
 _MORE_PER_ITEM = 50  # extra pending rows of a claimed item taken in the same run
+
+
+@dataclass(frozen=True, slots=True)
+class _Begun:
+    """Ranges with which an item's series begins: ``lo``, and ``until`` where it began
+    before (NO_READING for an item heard from for the first time)."""
+
+    item: np.ndarray
+    lo: np.ndarray
+    until: np.ndarray
+
+
+def _key(item: np.ndarray, start: np.ndarray, tier: np.ndarray | int) -> np.ndarray:
+    """One int64 per (item, period start, tier): starts are whole seconds after 1970."""
+    k: np.ndarray = ((item.astype(np.int64) << 35) | ((start // 1_000_000) << 2)
+                     | np.asarray(tier, np.int64))
+    return k
 
 
 def _objects(values: list[str], index: np.ndarray) -> list[str]:
@@ -92,6 +112,11 @@ class Aggregator:
         self._max_gap_us = int(settings.max_gap_s * 1e6)
         self._stuck_after_us = int(settings.stuck_after_s * 1e6)
         self._chunk = settings.chunk
+        self._out_of_line_us = int(settings.out_of_line_s * 1e6)
+        # First finite reading per counted item, once looked up: it only ever moves
+        # earlier, and every reading this instance processes passes through _recompute.
+        # (A backfill processed by another instance is seen after a restart.)
+        self._since: dict[tuple[str, str], int] = {}
         self.metrics = ProcessingMetrics(registry)
 
     async def step(self) -> bool:
@@ -139,6 +164,12 @@ class Aggregator:
             # Ranges of an item close together become one: what lies between them is
             # loaded anyway, and one neighbour lookup is cheaper than many.
             merged = merge_intervals(item[known], lo[known], hi[known], bridge=_BRIDGE_US)
+            # Before loading: the flag then rides with the readings like ingest's.
+            ents, codes = self._keys(items, merged[0])
+            k = np.arange(len(merged[0]), dtype=np.int32).tolist()
+            flagged = await conn.fetch(sql.FLAG_OUT_OF_LINE, k, ents, codes, merged[1].tolist(),
+                                       merged[2].tolist(), self._out_of_line_us, q.OUT_OF_LINE)
+            run.flagged[q.FLAG_NAMES[q.OUT_OF_LINE]] += len(flagged)
             await self._recompute(conn, items, *merged, run)
         await conn.execute(sql.DELETE_CLAIMED, [c["id"] for c in claims])
         run.pending = len(claims)
@@ -149,11 +180,12 @@ class Aggregator:
     async def _recompute(self, conn: asyncpg.Connection, items: ItemTable, item: np.ndarray,
                          lo: np.ndarray, hi: np.ndarray, run: _Run) -> None:
         """Everything the readings of ``item`` in ``[lo, hi]`` (merged per item) touch."""
-        w_item, w_lo, w_hi = await self._windows(conn, items, item, lo, hi)
+        w_item, w_lo, w_hi, begun = await self._windows(conn, items, item, lo, hi)
         readings = await self._load(conn, items, w_item, w_lo, w_hi)
         if readings is None:
             return
         run.readings += len(readings)
+        self._note_first_readings(items, readings)
         cal = self._calendar
         span_lo, span_hi = int(readings.ts.min()), int(readings.ts.max())
         bounds = {t: cal.bounds(t, span_lo, span_hi) for t in TIERS}
@@ -175,21 +207,29 @@ class Aggregator:
         v = first.validated
         await self._write_gaps(conn, items, readings, v.segments, flags, bounds)
 
-        # Tiers: 15 minutes from the readings, the rest from their children.
+        # Tiers: 15 minutes from the readings, the rest from their children.  Rows a
+        # period no longer deserves are withdrawn, and their parents recomputed too.
         child = quarters.take(keep_q)
-        written = [await self._upsert(conn, items, finish(child, items), run)]
+        e_item, e_start = await self._stored_quarters(conn, items, w_item, w_lo, w_hi)
+        keys = [await self._settle(conn, items, QUARTER, finish(child, items), e_item, e_start,
+                                   run)]
         for tier in (DAY, MONTH, YEAR):
-            child = await self._coarse(conn, items, child, bounds[tier], tier)
-            written.append(await self._upsert(conn, items, finish(child, items), run))
-        await self._totals(conn, items, Consumption.concat(written), bounds, run)
+            c_item, c_start, _ = keys[-1]
+            rows = await self._coarse(conn, items, c_item, c_start, bounds[tier], tier)
+            p_item, p_start = self._parents(c_item, c_start, bounds[tier])
+            keys.append(await self._settle(conn, items, tier, finish(rows, items), p_item,
+                                           p_start, run))
+        await self._totals(conn, items, keys, begun, run)
 
         await self._write_flags(conn, items, readings, quality, run)
         await self._write_events(conn, items, readings, v.ends_segment, v.event_reading,
                                  v.event_kind, run)
 
     async def _windows(self, conn: asyncpg.Connection, items: ItemTable, item: np.ndarray,
-                       lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The merged 15-minute windows around each range and its finite neighbours."""
+                       lo: np.ndarray, hi: np.ndarray,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Begun]:
+        """The merged 15-minute windows around each range and its finite neighbours, and
+        the ranges with no reading before them: their item's series now begins there."""
         ents, codes = self._keys(items, item)
         k = np.arange(len(item), dtype=np.int32)
         rows = await conn.fetch(sql.NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist())
@@ -199,7 +239,12 @@ class Aggregator:
         b[rk] = [hi[i] if r["after"] is None else r["after"] for i, r in zip(rk, rows, strict=True)]
         qb = self._calendar.bounds(QUARTER, int(a.min()), int(b.max()))
         ws, we = quarter_windows(qb, a, b)
-        return merge_intervals(item, ws, we)
+        first = np.ones(len(item), bool)
+        first[rk] = [r["before"] is None for r in rows]
+        until = np.full(len(item), NO_READING, np.int64)  # where it began before, at most
+        until[rk] = [NO_READING if r["after"] is None else r["after"] for r in rows]
+        begun = _Begun(item[first], lo[first], np.minimum(until[first], _FAR_FUTURE))
+        return (*merge_intervals(item, ws, we), begun)
 
     async def _load(self, conn: asyncpg.Connection, items: ItemTable, w_item: np.ndarray,
                     w_lo: np.ndarray, w_hi: np.ndarray) -> Readings | None:
@@ -268,14 +313,24 @@ class Aggregator:
                          (recomputed.item << 32) | (recomputed.start // 1_000_000))
         return Movers.of(items, item[fresh], start[fresh], np.ones(int(fresh.sum())))
 
-    async def _coarse(self, conn: asyncpg.Connection, items: ItemTable, child: PeriodRows,
-                      bounds: np.ndarray, tier: int) -> PeriodRows:
-        """Every period of ``tier`` containing one of ``child`` (just written), rebuilt
-        from all its children in the database and its crossing gap segments."""
-        if len(child) == 0:
-            return child
-        p = np.searchsorted(bounds, child.start, "right") - 1
-        key = np.unique(child.item * np.int64(len(bounds)) + p)
+    @staticmethod
+    def _parents(item: np.ndarray, start: np.ndarray, bounds: np.ndarray,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(item, start) of the periods of ``bounds`` holding the given child periods."""
+        p = np.searchsorted(bounds, start, "right") - 1
+        key = np.unique(item * np.int64(len(bounds)) + p)
+        return key // len(bounds), bounds[key % len(bounds)]
+
+    async def _coarse(self, conn: asyncpg.Connection, items: ItemTable, c_item: np.ndarray,
+                      c_start: np.ndarray, bounds: np.ndarray, tier: int) -> PeriodRows:
+        """Every period of ``tier`` containing one of the child periods (just written or
+        withdrawn), rebuilt from all its children in the database and its crossing gap
+        segments."""
+        if len(c_item) == 0:
+            z = np.zeros(0, np.int64)
+            return PeriodRows(tier, z, z, z, np.zeros(0), z, np.zeros(0, np.int32))
+        p = np.searchsorted(bounds, c_start, "right") - 1
+        key = np.unique(c_item * np.int64(len(bounds)) + p)
         t_item, t_p = key // len(bounds), key % len(bounds)
         t_lo, t_hi = bounds[t_p], bounds[t_p + 1]
         ents, codes = self._keys(items, t_item)
@@ -301,6 +356,39 @@ class Aggregator:
         )
         return compose(summed, gaps, bounds, tier)
 
+    async def _stored_quarters(self, conn: asyncpg.Connection, items: ItemTable,
+                               w_item: np.ndarray, w_lo: np.ndarray, w_hi: np.ndarray,
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        """(item, start) of the stored 15-minute rows inside the windows that say
+        something: all of them are recomputed, so each is either written again or
+        withdrawn."""
+        ents, codes = self._keys(items, w_item)
+        k = np.arange(len(w_item), dtype=np.int32).tolist()
+        rows = await conn.fetch(sql.STORED_IN_WINDOWS, k, ents, codes, w_lo.tolist(),
+                                w_hi.tolist())
+        wk = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        return w_item[wk], np.fromiter((r[1] for r in rows), np.int64, len(rows))
+
+    async def _settle(self, conn: asyncpg.Connection, items: ItemTable, tier: int | np.ndarray,
+                      c: Consumption, cand_item: np.ndarray, cand_start: np.ndarray, run: _Run,
+                      ) -> tuple[np.ndarray, np.ndarray, Consumption]:
+        """Write the rows of ``c`` and withdraw the candidate periods (of ``tier``, one or
+        one per candidate) it no longer holds; (item, start) of both, and ``c``."""
+        await self._upsert(conn, items, c, run)
+        tiers = np.broadcast_to(np.asarray(tier, np.int64), cand_item.shape)
+        gone = ~np.isin(_key(cand_item, cand_start, tiers), _key(c.item, c.start, c.tier))
+        if gone.any():
+            ents, codes = self._keys(items, cand_item[gone])
+            result = await conn.fetch(sql.WITHDRAW, ents, codes, tiers[gone].tolist(),
+                                      cand_start[gone].tolist())
+            for t, n in zip(*np.unique(tiers[gone], return_counts=True), strict=True):
+                run.computed[int(t)] += int(n)
+            for r in result:
+                if r["changed"]:
+                    run.changed[r["stat_type"]] += 1
+        return (np.concatenate([c.item, cand_item[gone]]),
+                np.concatenate([c.start, cand_start[gone]]), c)
+
     async def _upsert(self, conn: asyncpg.Connection, items: ItemTable, c: Consumption,
                       run: _Run) -> Consumption:
         if len(c):
@@ -315,18 +403,38 @@ class Aggregator:
                     run.changed[r["stat_type"]] += 1
         return c
 
-    async def _totals(self, conn: asyncpg.Connection, items: ItemTable, written: Consumption,
-                      bounds: dict[int, np.ndarray], run: _Run) -> None:
-        """0000 rows of every (enterprise, tier, period) recomputed for some item, from all
-        the enterprise's counted items in the database.  Not only counted items' periods:
-        an item that stopped counting (its scope changed) must leave the total too."""
-        if len(written) == 0:
+    async def _totals(self, conn: asyncpg.Connection, items: ItemTable,
+                      keys: list[tuple[np.ndarray, np.ndarray, Consumption]], begun: _Begun,
+                      run: _Run) -> None:
+        """0000 rows of every (enterprise, tier, period) recomputed or withdrawn for some
+        item, from all the enterprise's counted items in the database, a counted item
+        without a row counting as measuring nothing from its first reading on.  Not only
+        counted items' periods: an item that stopped counting (its scope changed) must
+        leave the total too.  Where a counted item's series now begins earlier, the
+        stored totals between its new and its old beginning are recomputed as well: it
+        takes part in them now."""
+        tiers = np.concatenate([np.full(len(k[0]), t, np.int64) for t, k in zip(TIERS, keys,
+                                                                                strict=True)])
+        item = np.concatenate([k[0] for k in keys])
+        starts = np.concatenate([k[1] for k in keys])
+        ent = items.ent[item]
+        b_ok = items.in_total()[begun.item]
+        if b_ok.any():
+            ents, _ = self._keys(items, begun.item[b_ok])
+            stale = await conn.fetch(sql.STORED_TOTALS, ents, begun.lo[b_ok].tolist(),
+                                     begun.until[b_ok].tolist())
+            ent = np.concatenate([ent, items.ent[items.lookup(
+                (r[0] for r in stale), (TOTAL_CODE for _ in stale))]])
+            tiers = np.concatenate([tiers, np.fromiter((r[1] for r in stale), np.int64, len(stale))])
+            starts = np.concatenate([starts, np.fromiter((r[2] for r in stale), np.int64,
+                                                         len(stale))])
+        if len(ent) == 0:
             return
-        ent = items.ent[written.item]
-        keys = np.unique(np.stack([ent, written.tier.astype(np.int64), written.start]), axis=1)
-        counted_codes = sorted({items.code[i] for i in np.flatnonzero(items.in_total())})
-        rows = await conn.fetch(sql.TOTAL_INPUTS, _objects(items.enterprises, keys[0]),
-                                keys[1].tolist(), keys[2].tolist(), counted_codes)
+        key = np.unique(np.stack([ent, tiers, starts]), axis=1)
+        counted = np.flatnonzero(items.in_total() & np.isin(items.ent, key[0]))
+        counted_codes = sorted({items.code[i] for i in counted})
+        rows = await conn.fetch(sql.TOTAL_INPUTS, _objects(items.enterprises, key[0]),
+                                key[1].tolist(), key[2].tolist(), counted_codes)
         item = items.lookup((r[0] for r in rows), (r[1] for r in rows))
         ok = item >= 0
         n = len(rows)
@@ -335,8 +443,9 @@ class Aggregator:
         end = np.empty(len(start), np.int64)
         for t in TIERS:
             m = tier == t
-            b = bounds[t]
-            end[m] = b[np.searchsorted(b, start[m], "right")]
+            if m.any():
+                b = self._calendar.bounds(t, int(start[m].min()), int(start[m].max()) + 1)
+                end[m] = b[np.searchsorted(b, start[m], "right")]
         kgce = np.fromiter((r[4] for r in rows), np.float64, n)[ok]
         inputs = Consumption(
             tier, item[ok], start, end, kgce, kgce,
@@ -344,7 +453,35 @@ class Aggregator:
             np.fromiter((r[6] for r in rows), bool, n)[ok],
             np.fromiter((r[7] for r in rows), np.int32, n)[ok],
         )
-        await self._upsert(conn, items, totals(inputs, items), run)
+        since = await self._first_readings(conn, items, counted)
+        result = totals(inputs, items, since)
+        await self._settle(conn, items, key[1], result, items.total[key[0]], key[2], run)
+
+    def _note_first_readings(self, items: ItemTable, r: Readings) -> None:
+        fin = np.isfinite(r.value) & ((r.quality & q.OUT_OF_LINE) == 0)
+        first = first_readings(r.item[fin], r.ts[fin], len(items))
+        for i in np.flatnonzero(first < NO_READING):
+            key = (items.enterprise[i], items.code[i])
+            if key in self._since:
+                self._since[key] = min(self._since[key], int(first[i]))
+
+    async def _first_readings(self, conn: asyncpg.Connection, items: ItemTable,
+                              counted: np.ndarray) -> np.ndarray:
+        """Per item, its first finite reading (NO_READING for items not asked about or
+        never heard from)."""
+        since = np.full(len(items), NO_READING, np.int64)
+        ask = [int(i) for i in counted
+               if (items.enterprise[i], items.code[i]) not in self._since]
+        if ask:
+            ents, codes = self._keys(items, np.array(ask, np.int64))
+            rows = await conn.fetch(sql.FIRST_READINGS, list(range(len(ask))), ents, codes)
+            for r in rows:
+                if r["since"] is not None:
+                    i = ask[r["k"]]
+                    self._since[(items.enterprise[i], items.code[i])] = r["since"]
+        for i in counted:
+            since[i] = self._since.get((items.enterprise[i], items.code[i]), NO_READING)
+        return since
 
     async def _write_flags(self, conn: asyncpg.Connection, items: ItemTable, r: Readings,
                            quality: np.ndarray, run: _Run) -> None:

@@ -27,6 +27,7 @@ from processing.itemtable import INSTANT, ItemTable
 from processing.segments import GAP, MEASURED, UNKNOWN, Segments
 
 __all__ = [
+    "NO_READING",
     "NO_TIER",
     "Consumption",
     "GapRows",
@@ -34,11 +35,15 @@ __all__ = [
     "compose",
     "distribute",
     "finish",
+    "first_readings",
     "gap_tiers",
     "totals",
 ]
 
 NO_TIER = 4  # a gap segment that no period of any tier contains whole
+NO_READING = np.iinfo(np.int64).max  # first reading of an item never heard from
+_SHIFT = np.int64(53)  # enterprise index above the microseconds (2**53 us: year 2255)
+_LIMIT = np.int64((1 << 53) - 1)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -129,19 +134,33 @@ def _reduce(tier: int, bounds: np.ndarray, item: np.ndarray, p: np.ndarray, amou
     )
 
 
+def _kept(rows: PeriodRows) -> PeriodRows:
+    """The rows worth a row in ``consumption``: a period whose consumption is partly
+    known, or one that rests on a reset (its flags must reach the coarser periods).
+    A period with nothing measured and nothing to say has no row: a long gap costs
+    nothing."""
+    keep = (rows.known > 0) | (rows.flags != 0)
+    return rows if bool(keep.all()) else rows.take(keep)
+
+
 def distribute(seg: Segments, seg_flags: np.ndarray, bounds: np.ndarray, tier: int) -> PeriodRows:
     """The period rule (see the module's docstring) applied to segments for the periods
-    ``bounds`` (which must cover every segment).  Every period overlapping a segment gets
-    a row, even one whose coverage is 0, so that a recomputation overwrites what an
-    earlier one wrote."""
+    ``bounds`` (which must cover every segment).  Rows only for periods that take
+    something from a segment or rest on one (:func:`_kept`): a gap or a reset, however
+    long, is looked at only in the periods holding its ends, as every period strictly
+    between them is covered by it alone and so has nothing known."""
     t0, t1 = seg.t0, seg.t1
     i0 = np.searchsorted(bounds, t0, "right") - 1
     i1 = np.searchsorted(bounds, t1, "left") - 1  # a segment ending on a boundary stops before it
-    counts = i1 - i0 + 1
+    span = i1 - i0 + 1
+    measured_seg = seg.state == MEASURED
+    # A measured segment is at most max_gap long, so it spans few periods; any other
+    # segment gives its end periods only (one when both ends fall in one period).
+    counts = np.where(measured_seg, span, np.minimum(span, 2))
     total = int(counts.sum())
     s = np.repeat(np.arange(len(seg), dtype=np.int64), counts)
-    p = np.repeat(i0, counts) + (np.arange(total, dtype=np.int64)
-                                 - np.repeat(np.cumsum(counts) - counts, counts))
+    step = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    p = np.repeat(i0, counts) + np.where(measured_seg[s], step, step * (span[s] - 1))
     a, b = t0[s], t1[s]
     lo = np.maximum(a, bounds[p])
     hi = np.minimum(b, bounds[p + 1])
@@ -149,7 +168,7 @@ def distribute(seg: Segments, seg_flags: np.ndarray, bounds: np.ndarray, tier: i
     dt = b - a
     state = seg.state[s]
     measured = state == MEASURED
-    whole_gap = (state == GAP) & (counts[s] == 1)
+    whole_gap = (state == GAP) & (span[s] == 1)
 
     amount = seg.amount[s]
     # Cumulative and interval: consumption spread evenly in time.  Instant: the integral
@@ -167,7 +186,7 @@ def distribute(seg: Segments, seg_flags: np.ndarray, bounds: np.ndarray, tier: i
     # reset's: a period cut by a gap takes nothing from it and does not rest on it.
     rests = measured | whole_gap | (state == UNKNOWN)
     flags = np.where(rests, seg_flags[s], 0)
-    return _reduce(tier, bounds, seg.item[s], p, got, known, flags)
+    return _kept(_reduce(tier, bounds, seg.item[s], p, got, known, flags))
 
 
 def gap_tiers(seg: Segments, bounds: dict[int, np.ndarray]) -> np.ndarray:
@@ -193,12 +212,12 @@ def compose(child: PeriodRows, gaps: GapRows, bounds: np.ndarray, tier: int) -> 
     item = np.concatenate([child.item, gaps.item])
     at = np.concatenate([child.start, gaps.t0])
     p = np.searchsorted(bounds, at, "right") - 1
-    return _reduce(
+    return _kept(_reduce(
         tier, bounds, item, p,
         np.concatenate([child.amount, gaps.amount]),
         np.concatenate([child.known, gaps.t1 - gaps.t0]),
         np.concatenate([child.flags, gaps.flags]).astype(np.int32),
-    )
+    ))
 
 
 def finish(rows: PeriodRows, items: ItemTable) -> Consumption:
@@ -218,9 +237,22 @@ def finish(rows: PeriodRows, items: ItemTable) -> Consumption:
                        value, kgce, coverage, valid, rows.flags)
 
 
-def totals(c: Consumption, items: ItemTable) -> Consumption:
+def first_readings(item: np.ndarray, ts: np.ndarray, n_items: int) -> np.ndarray:
+    """Per item, the earliest of ``ts`` (NO_READING where it has none)."""
+    since = np.full(n_items, NO_READING, np.int64)
+    np.minimum.at(since, item, ts)
+    return since
+
+
+def totals(c: Consumption, items: ItemTable, since: np.ndarray | None = None) -> Consumption:
     """Code 0000 per enterprise and period: the kgce of its whole-plant consumption items
-    summed; coverage the smallest of theirs; valid when all of them are."""
+    summed; coverage the smallest of theirs; valid when all of them are.
+
+    Every counted item whose series began before the period ended (``since``, per item:
+    its first reading) takes part: one without a row there measured nothing and brings
+    the coverage to 0, so a silent meter makes the total incomplete and not valid.  A
+    total is kept only where some counted item measured something.  Without ``since``
+    only the items with rows count (the rule before silent items were seen)."""
     m = items.in_total()[c.item]
     tier, item, start, end = c.tier[m], c.item[m], c.start[m], c.end[m]
     ent = items.ent[item]
@@ -233,8 +265,28 @@ def totals(c: Consumption, items: ItemTable) -> Consumption:
     change = (tier[1:] != tier[:-1]) | (ent[1:] != ent[:-1]) | (start[1:] != start[:-1])
     first = np.flatnonzero(np.r_[True, change])
     total_kgce = np.add.reduceat(kgce, first)
-    return Consumption(
+    coverage = np.minimum.reduceat(cov, first)
+    ok = np.logical_and.reduceat(valid, first)
+    if since is not None:
+        present = np.diff(np.r_[first, len(order)])
+        silent = present < _expected(items, since, ent[first], end[first])
+        coverage = np.where(silent, 0.0, coverage)
+        ok &= ~silent
+    out = Consumption(
         tier[first], items.total[ent[first]], start[first], end[first],
-        total_kgce, total_kgce, np.minimum.reduceat(cov, first),
-        np.logical_and.reduceat(valid, first), np.bitwise_or.reduceat(flags, first).astype(np.int32),
+        total_kgce, total_kgce, coverage, ok,
+        np.bitwise_or.reduceat(flags, first).astype(np.int32),
     )
+    measured = np.maximum.reduceat(cov, first) > 0
+    return out if bool(measured.all()) else out.take(measured)
+
+
+def _expected(items: ItemTable, since: np.ndarray, ent: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """How many counted items of enterprise ``ent`` began before ``end`` (per period)."""
+    counted = np.flatnonzero(items.in_total() & (since < NO_READING))
+    # One sorted key (enterprise, first reading); times are microseconds after 1970.
+    key = np.sort((items.ent[counted] << _SHIFT) | np.clip(since[counted], 0, _LIMIT))
+    lo = np.searchsorted(key, ent << _SHIFT, "left")
+    hi = np.searchsorted(key, (ent << _SHIFT) | np.clip(end, 0, _LIMIT), "left")
+    expected: np.ndarray = hi - lo
+    return expected

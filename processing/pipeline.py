@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ingest.quality import OUT_OF_LINE
 from processing.itemtable import ItemTable
 from processing.periods import DAY, MONTH, QUARTER, TIERS, YEAR, Calendar
 from processing.periodvalues import (
@@ -21,6 +22,7 @@ from processing.periodvalues import (
     compose,
     distribute,
     finish,
+    first_readings,
     gap_tiers,
     totals,
 )
@@ -115,5 +117,8 @@ def compute(readings: Readings, items: ItemTable, calendar: Calendar, *, max_gap
     v = first.validated
     tiers = tier_rows(v.segments, flags, quarters, bounds, hierarchical=hierarchical)
     per_item = Consumption.concat([finish(tiers[t], items) for t in TIERS])
-    consumption = Consumption.concat([per_item, totals(per_item, items)])
+    # An item's series begins at its first finite reading that is not out of line.
+    begins = np.isfinite(readings.value) & ((quality & OUT_OF_LINE) == 0)
+    since = first_readings(readings.item[begins], readings.ts[begins], len(items))
+    consumption = Consumption.concat([per_item, totals(per_item, items, since)])
     return Result(v, quality, flags, tiers, consumption)

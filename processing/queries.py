@@ -8,13 +8,15 @@ the server: one round trip per statement, whatever the number of items.
 
 from __future__ import annotations
 
+from ingest.quality import OUT_OF_LINE
 from processing.itemtable import TOTAL_CODE
 from processing.periods import QUARTER_US
 
 __all__ = [
     "BACKLOG", "CHILDREN", "CLAIM", "CLAIM_MORE", "DELETE_CLAIMED", "DELETE_EVENTS",
-    "DELETE_GAPS", "GAPS", "INSERT_GAPS", "ITEMS", "LOAD", "MOVERS", "NEIGHBOURS", "PLANNER",
-    "RUN_SINCE", "TOTAL_INPUTS", "UPDATE_QUALITY", "UPSERT", "UPSERT_EVENTS",
+    "DELETE_GAPS", "FIRST_READINGS", "FLAG_OUT_OF_LINE", "GAPS", "INSERT_GAPS", "ITEMS", "LOAD",
+    "MOVERS", "NEIGHBOURS", "PLANNER", "RUN_SINCE", "STORED_IN_WINDOWS", "STORED_TOTALS", "TOTAL_INPUTS",
+    "UPDATE_QUALITY", "UPSERT", "UPSERT_EVENTS", "WITHDRAW",
 ]
 
 
@@ -228,6 +230,77 @@ ON CONFLICT (enterprise, code, ts) DO UPDATE SET kind = EXCLUDED.kind,
 WHERE (m.kind, m.value_before, m.value_after)
   IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.value_before, EXCLUDED.value_after)
 RETURNING m.kind
+"""
+
+# Rows of the items' 15-minute periods inside each window that say something (a
+# recomputation that no longer produces one of them turns it into a withdrawn row).
+STORED_IN_WINDOWS = f"""
+SELECT u.k, {_us('c.period_start')} AS start
+FROM {_UNNEST_RANGES}
+JOIN consumption c ON c.enterprise = u.e AND c.code = u.c AND c.stat_type = 0
+  AND c.period_start >= {_ts('u.lo')} AND c.period_start < {_ts('u.hi')}
+WHERE c.coverage > 0 OR c.valid OR c.flags <> 0
+"""
+
+_SAID = "(c.coverage <> 0 OR c.value <> 0 OR c.kgce <> 0 OR c.valid)"
+
+# A period that measured nothing any more: its row stays, withdrawn (value, kgce and
+# coverage 0, not valid, no flags), with a new revision when it had said something, so
+# that whoever sent it learns that it is gone.  Rows already withdrawn are left alone.
+WITHDRAW = f"""
+UPDATE consumption c SET value = 0, kgce = 0, coverage = 0, valid = false, flags = 0,
+  computed_at = CASE WHEN {_SAID} THEN now() ELSE c.computed_at END,
+  revision = CASE WHEN {_SAID} THEN nextval('consumption_revision') ELSE c.revision END
+FROM unnest($1::text[], $2::text[], $3::int2[], $4::int8[]) AS u(e, c, st, ps)
+WHERE c.enterprise = u.e AND c.code = u.c AND c.stat_type = u.st
+  AND c.period_start = {_ts('u.ps')} AND ({_SAID} OR c.flags <> 0)
+RETURNING c.stat_type, c.computed_at = now() AS changed
+"""
+
+# Stored totals of periods ending after $2 and starting before $3 (per enterprise): an
+# item's series now begins at $2 where it began at $3 before.
+STORED_TOTALS = f"""
+SELECT c.enterprise, c.stat_type, {_us('c.period_start')}
+FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(e, lo, hi)
+JOIN consumption c ON c.enterprise = u.e AND c.code = '{TOTAL_CODE}'
+  AND c.period_start < {_ts('u.hi')}
+  AND c.period_start > {_ts('u.lo')} - CASE c.stat_type WHEN 0 THEN interval '15 minutes'
+    WHEN 1 THEN interval '25 hours' WHEN 2 THEN interval '31 days' ELSE interval '366 days' END
+WHERE c.coverage > 0
+"""
+
+# The first finite reading of each item: a counted item takes part in its enterprise's
+# totals from there on.
+FIRST_READINGS = f"""
+SELECT u.k, (SELECT {_us('min(r.ts)')} FROM readings r
+             WHERE r.enterprise = u.e AND r.code = u.c AND {_FINITE}
+               AND r.quality & {OUT_OF_LINE} = 0) AS since
+FROM unnest($1::int4[], $2::text[], $3::text[]) AS u(k, e, c)
+"""
+
+# Readings of the pending ranges that arrived when their item already had a reading
+# more than $6 microseconds later (the next finite reading after it, received no later
+# than it): a clock error or a stray old value.  Only readings that far before the
+# range's end or the next reading after the range are looked at, so a range of current
+# readings costs one index probe.
+FLAG_OUT_OF_LINE = f"""
+UPDATE readings r SET quality = r.quality | $7::int2
+FROM {_UNNEST_RANGES}
+LEFT JOIN LATERAL (
+  SELECT n.ts FROM readings n
+  WHERE n.enterprise = u.e AND n.code = u.c AND n.ts > {_ts('u.hi')}
+    AND n.value < 'Infinity'::float8 AND n.value > '-Infinity'::float8
+  ORDER BY n.ts LIMIT 1
+) AS nx ON true
+WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= {_ts('u.lo')} AND r.ts <= {_ts('u.hi')}
+  AND r.ts < greatest({_ts('u.hi')}, nx.ts) - $6 * interval '1 microsecond'
+  AND r.quality & $7::int2 = 0
+  AND (SELECT n.ts > r.ts + $6 * interval '1 microsecond' AND n.received_at <= r.received_at
+       FROM readings n
+       WHERE n.enterprise = r.enterprise AND n.code = r.code AND n.ts > r.ts
+         AND n.value < 'Infinity'::float8 AND n.value > '-Infinity'::float8
+       ORDER BY n.ts LIMIT 1)
+RETURNING 1
 """
 
 DELETE_CLAIMED = "DELETE FROM pending_recompute WHERE id = ANY($1::int8[])"

@@ -43,7 +43,7 @@ EVENT_ROLLOVER, EVENT_RESET = 1, 2
 
 # Flags a reading carries for the segment that ends at it.
 _SEGMENT_LEVEL = q.ROLLOVER | q.RESET | q.SPIKE | q.OUT_OF_RANGE
-_READING_LEVEL = q.EARLY | q.LATE | q.NON_FINITE | q.STUCK
+_READING_LEVEL = q.EARLY | q.LATE | q.NON_FINITE | q.STUCK | q.OUT_OF_LINE
 _US_PER_HOUR = 3.6e9
 
 
@@ -179,7 +179,7 @@ def validate(r: Readings, items: ItemTable, *, max_gap_us: int) -> Validated:
 
     # Reading flags.
     kinds = items.kind[r.item]
-    quality = (r.quality & q.INGEST_FLAGS).astype(np.int32)
+    quality = (r.quality & q.STICKY).astype(np.int32)
     quality |= np.where(finite, 0, q.NON_FINITE).astype(np.int32)
     scaled = r.value * items.multiplier[r.item]
     outside = (kinds == INSTANT) & finite & (

@@ -195,6 +195,22 @@ def series(draw: st.DrawFn, *, kinds: Sequence[str] = ("cumulative", "interval",
 
 
 @st.composite
+def starting_and_stopping(draw: st.DrawFn, /, **kw: Any) -> Series:
+    """:func:`series` whose items each start late and stop early at random (a meter
+    installed during the span, one that goes silent for good, one never heard from)."""
+    s = draw(series(**kw))
+    if len(s.ts) == 0:
+        return s
+    lo, hi = int(s.ts.min()), int(s.ts.max())
+    keep = np.ones(len(s.ts), bool)
+    for i in np.unique(s.item):
+        a = draw(st.integers(lo, hi))
+        b = draw(st.integers(a, hi))
+        keep &= (s.item != i) | ((s.ts >= a) & (s.ts <= b))
+    return Series(s.items, s.item[keep], s.ts[keep], s.value[keep], s.quality[keep])
+
+
+@st.composite
 def full_year_series(draw: st.DrawFn, *, year: int = 2024, max_gap_s: int = 1800) -> Series:
     """One cumulative item read at irregular steps never longer than ``max_gap_s`` from
     before 1 January to after 31 December: every period of the year is fully measured."""

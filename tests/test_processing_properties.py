@@ -11,7 +11,14 @@ from processing.periods import DAY, MONTH, QUARTER, YEAR
 from processing.periodvalues import Consumption
 from processing.pipeline import compute
 from processing.segments import Readings
-from tests.strategies import CALENDAR, Series, at, full_year_series, series
+from tests.strategies import (
+    CALENDAR,
+    Series,
+    at,
+    full_year_series,
+    series,
+    starting_and_stopping,
+)
 
 
 def _tier(c: Consumption, tier: int) -> Consumption:
@@ -80,3 +87,45 @@ def test_shuffled_and_repeated_readings_give_the_same_result(s: Series, seed: in
     for f in Consumption.__slots__:
         np.testing.assert_array_equal(getattr(a.consumption, f), getattr(b.consumption, f))
     np.testing.assert_array_equal(a.quality, b.quality)
+
+
+@settings(max_examples=150, deadline=None)
+@given(starting_and_stopping())
+def test_series_that_start_and_stop_compose_exactly_and_cost_only_what_was_measured(
+        s: Series) -> None:
+    composed = compute(s.as_readings(), s.items, CALENDAR, hierarchical=True).consumption
+    direct = compute(s.as_readings(), s.items, CALENDAR, hierarchical=False).consumption
+    for f in ("tier", "item", "start", "end", "valid", "flags"):
+        np.testing.assert_array_equal(getattr(composed, f), getattr(direct, f), err_msg=f)
+    np.testing.assert_allclose(composed.value, direct.value, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(composed.coverage, direct.coverage, rtol=0, atol=1e-12)
+    # An item's row either measured something or carries a reset's flags.
+    own = s.items.kind[composed.item] != TOTAL
+    assert np.all((composed.coverage[own] > 0) | (composed.flags[own] != 0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(starting_and_stopping())
+def test_a_total_counts_every_counted_item_that_had_begun_as_measuring_nothing_where_silent(
+        s: Series) -> None:
+    res = compute(s.as_readings(), s.items, CALENDAR)
+    c = res.consumption
+    counted = np.flatnonzero(s.items.in_total())
+    finite = np.isfinite(s.value)
+    first = {int(i): int(s.ts[finite & (s.item == i)].min())
+             for i in counted if np.any(finite & (s.item == i))}
+    own = c.take(s.items.kind[c.item] != TOTAL)
+    cov = {(int(t), int(i), int(st_)): float(v)
+           for t, i, st_, v in zip(own.tier, own.item, own.start, own.coverage, strict=True)}
+    ok = {(int(t), int(i), int(st_)): bool(v)
+          for t, i, st_, v in zip(own.tier, own.item, own.start, own.valid, strict=True)}
+    tot = c.take(s.items.kind[c.item] == TOTAL)
+    expected_keys = {(t, st_) for (t, i, st_), v in cov.items() if i in first and v > 0}
+    assert {(int(t), int(st_)) for t, st_ in zip(tot.tier, tot.start, strict=True)} == expected_keys
+    for t, st_, end, v, good in zip(tot.tier, tot.start, tot.end, tot.coverage, tot.valid,
+                                    strict=True):
+        takes_part = [i for i, since in first.items() if since < end]
+        covs = [cov.get((int(t), i, int(st_)), 0.0) for i in takes_part]
+        assert v == min(covs)
+        assert good == (min(covs) > 0 and all(ok.get((int(t), i, int(st_)), False)
+                                              for i in takes_part))
