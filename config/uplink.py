@@ -65,6 +65,13 @@ class TargetSettings(Section):
     backfill_days: float = Field(1.0, ge=0, le=400)
     # Acknowledged outbox rows are forgotten after this many days.
     keep_days: float = Field(35.0, gt=0)
+    # A period already sent whose value changes (late data, a backfill draining) is
+    # sent again only once it has stayed unchanged this long, so a period revised by
+    # every batch of a backlog goes once or twice rather than once per batch; however
+    # often it changes, it goes at the latest resend_max_wait_s after its first change.
+    # Periods never sent keep their schedule (real-time: realtime_delay_s).
+    resend_quiet_s: float = Field(120.0, ge=0)
+    resend_max_wait_s: float = Field(1800.0, ge=0)
     enabled: bool = True
 
     # -- issue 10: what each flavour and platform needs (docs/uplink.md, "Flavours") --

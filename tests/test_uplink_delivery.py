@@ -166,7 +166,8 @@ async def test_schedule_and_late_data(db: str) -> None:
             r = (await received(prov.url))[key]
             return bool(r["count"] == 2 and r["dataValue"] == 222.0)
 
-        await wait_until(resent, "the changed period sent again")
+        # A sent period goes again once it has been quiet (resend_quiet_s): time moves on.
+        await wait_until(resent, "the changed period sent again", clock=clock, step_s=30)
         assert prov.stats()["resends"] == 1  # only that one
 
         # 12:15 closes at 12:30 and is due a minute later.
@@ -211,7 +212,7 @@ async def test_a_change_committed_late_with_an_older_revision_is_not_missed(db: 
             async def b_resent() -> bool:
                 return bool((await received(prov.url))[b_key]["dataValue"] == 88.0)
 
-            await wait_until(b_resent, "the later revision")
+            await wait_until(b_resent, "the later revision", clock=clock, step_s=30)
             await loops(up)  # the runner has looked past both revisions by now
             await tx.commit()
         finally:
@@ -221,7 +222,7 @@ async def test_a_change_committed_late_with_an_older_revision_is_not_missed(db: 
         async def a_resent() -> bool:
             return bool((await received(prov.url))[a_key]["dataValue"] == 77.0)
 
-        await wait_until(a_resent, "the change committed late")
+        await wait_until(a_resent, "the change committed late", clock=clock, step_s=30)
 
 
 async def test_a_period_whose_row_is_gone_is_dropped_from_the_outbox(db: str) -> None:

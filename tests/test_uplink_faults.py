@@ -255,7 +255,8 @@ async def test_an_expired_token_is_renewed(db: str) -> None:
         async def redelivered() -> bool:
             return bool((await received(nat.url))[key]["dataValue"] == 99.0)
 
-        await wait_until(redelivered, "the change, after a new token")
+        # A sent period goes again once it has been quiet (resend_quiet_s): time moves on.
+        await wait_until(redelivered, "the change, after a new token", clock=clock, step_s=30)
         stats = nat.stats()
         assert stats["tokens_issued"] == 3  # one refresh, for the enterprise that sent
         assert count(registry, "nhjc_uplink_retries_total", target="p", reason="auth") == 0

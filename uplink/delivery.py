@@ -80,10 +80,15 @@ class Delivery:
         if not rows:
             return False
         out = Outcomes()
-        await self._outbox.forget([r.key for r in rows if r.value is None])
+        # The platforms hear only what was measured: a period whose coverage fell to 0
+        # (or whose row is gone) is not sent.  Never sent, it is simply dropped; sent
+        # before, it is withdrawn: kept and counted, what the platform holds left as is.
+        await self._outbox.forget([r for r in rows if not r.measured and not r.sent])
+        withdrawn = [r for r in rows if not r.measured and r.sent]
+        self._metrics.withdrawn(self._name, await self._outbox.withdraw(withdrawn, now))
         by_enterprise: dict[str, list[Record]] = {}
         for row in rows:
-            if row.value is None:
+            if not row.measured:
                 continue
             record = self._record(row)
             if not math.isfinite(record.value):

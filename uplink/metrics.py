@@ -35,6 +35,10 @@ class UplinkMetrics:
             "nhjc_uplink_refreshes_total",
             "Registrations done again because the platform said ours was stale, by reason",
             ["target", "reason"], registry=registry)
+        self._withdrawn = Counter(
+            "nhjc_uplink_withdrawn_total",
+            "Records sent earlier whose period has nothing measured any more (coverage 0), not sent again",
+            ["target"], registry=registry)
         self._retries = Counter(
             "nhjc_uplink_retries_total", "Records scheduled for another attempt, by reason",
             ["target", "reason"], registry=registry)
@@ -97,6 +101,14 @@ class UplinkMetrics:
         self._up.labels(target).set(0 if outcome == "down" else 1)
         if call == "data":
             self._sent.labels(target).inc(records)
+
+    def withdrawn(self, target: str, n: int) -> None:
+        """``n`` periods sent earlier lost their measurement (coverage fell to 0, or the
+        row is gone): they are withdrawn, not sent; the platform keeps what it had."""
+        if n:
+            self._withdrawn.labels(target).inc(n)
+            log.info("uplink %s: %d period(s) sent earlier have nothing measured any more; withdrawn,"
+                     " not sent again", target, n)
 
     def acked(self, target: str, n: int) -> None:
         self._acked.labels(target).inc(n)

@@ -7,9 +7,19 @@ Rows enter ``uplink_outbox`` in two ways, both server-side ``INSERT ... SELECT``
 - the revision cursor: a row whose ``revision`` moved after its period was enqueued
   (late data) becomes pending again (``feed``).
 
+Only measured periods enter: a consumption row with coverage 0 is never enqueued.  One
+already in the outbox whose coverage fell to 0 is re-queued all the same, so the
+sender sees it and withdraws it (:meth:`Outbox.withdraw`) instead of sending it.
+
 An upsert never moves a row backwards: it changes only when the consumption revision
-is newer than the one the row carries.  A pending row keeps its attempts and backoff;
-an acked or rejected row becomes pending again, due now.
+is newer than the one the row carries.  A pending row keeps its schedule: its first
+send time, or its retry backoff; a row that was sent and is waiting to be sent again
+carries the new value and waits until the period has been quiet for ``resend_quiet_s``
+(at most ``resend_max_wait_s`` after its first change).  An acked or withdrawn row
+becomes pending again, due once the period has been quiet that long; a rejected one at
+once (the platform holds nothing of it).
+A backlog that revises a period with every batch therefore costs one more send once it
+is drained, not one per batch, while a period never sent goes on its schedule.
 """
 
 from __future__ import annotations
@@ -40,23 +50,37 @@ ON CONFLICT (target, enterprise, code, stat_type, period_start) DO UPDATE SET
     revision = EXCLUDED.revision,
     state = 'pending',
     attempts = CASE WHEN o.state = 'pending' THEN o.attempts ELSE 0 END,
-    next_attempt_at = CASE WHEN o.state = 'pending' THEN o.next_attempt_at
-                           ELSE greatest(o.due_at, EXCLUDED.queued_at) END,
+    next_attempt_at = CASE
+        -- never sent (first send on schedule) or failing (its backoff): unchanged
+        WHEN o.state = 'pending' AND (o.sent_revision IS NULL OR o.last_error IS NOT NULL)
+            THEN o.next_attempt_at
+        -- sent, waiting to go again: quiet again, but not past the longest wait
+        WHEN o.state = 'pending'
+            THEN greatest(o.due_at, least(EXCLUDED.queued_at + $6::interval, o.queued_at + $7::interval))
+        -- refused: the platform holds nothing of it, so the correction goes at once
+        WHEN o.state = 'rejected' THEN greatest(o.due_at, EXCLUDED.queued_at)
+        ELSE greatest(o.due_at, EXCLUDED.queued_at + $6::interval) END,
     queued_at = CASE WHEN o.state = 'pending' THEN o.queued_at ELSE EXCLUDED.queued_at END
 WHERE o.revision < EXCLUDED.revision
 """.replace("{due}", DUE_SQL.format(tz="$3", delay="$4", upload="COALESCE(d.upload_time, $5)"))
 
+# A coverage-0 row is never enqueued; one already in the outbox goes on being followed.
+_MEASURED = """ AND (c.coverage > 0 OR EXISTS (
+    SELECT 1 FROM uplink_outbox x WHERE x.target = $1 AND x.enterprise = c.enterprise AND x.code = c.code
+    AND x.stat_type = c.stat_type AND x.period_start = c.period_start))"""
+
 _ENQUEUE = _UPSERT.replace(
-    "{where}", "c.stat_type = $6 AND c.period_start >= $7 AND c.period_start < $8")
+    "{where}", "c.stat_type = $8 AND c.period_start >= $9 AND c.period_start < $10" + _MEASURED)
 _FEED = _UPSERT.replace(
     "{where}",
-    "c.revision > $6 AND c.revision <= $7"
-    " AND c.period_start >= ($8::timestamptz[])[c.stat_type + 1]"
-    " AND c.period_start < ($9::timestamptz[])[c.stat_type + 1]")
+    "c.revision > $8 AND c.revision <= $9"
+    " AND c.period_start >= ($10::timestamptz[])[c.stat_type + 1]"
+    " AND c.period_start < ($11::timestamptz[])[c.stat_type + 1]" + _MEASURED)
 
 _FETCH_DUE = """
 SELECT o.enterprise, o.code, o.stat_type, o.period_start, o.attempts,
-       c.value, c.valid, c.revision, i.scope, i.input_type
+       c.value, c.valid, c.revision, i.scope, i.input_type,
+       c.coverage, o.revision AS queued_revision, o.sent_revision IS NOT NULL AS sent
 FROM uplink_outbox o
 LEFT JOIN consumption c ON c.enterprise = o.enterprise AND c.code = o.code
                        AND c.stat_type = o.stat_type AND c.period_start = o.period_start
@@ -66,17 +90,18 @@ ORDER BY o.next_attempt_at, o.enterprise  -- the order of uplink_outbox_due: no 
 LIMIT $3
 """
 
-_KEYS = ("unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[])")
 _MATCH = ("o.target = $1 AND o.enterprise = r.enterprise AND o.code = r.code"
           " AND o.stat_type = r.stat_type AND o.period_start = r.period_start")
 
-# The acknowledged revision settles the row unless a newer one arrived meanwhile.
+# The acknowledged revision settles the row unless a newer one arrived meanwhile: then
+# the newer one goes once the period has been quiet (as any change of a sent period).
 _ACK = f"""
 UPDATE uplink_outbox o SET
     state = CASE WHEN o.revision <= r.rev THEN 'acked' ELSE 'pending' END,
     revision = greatest(o.revision, r.rev),
     attempts = o.attempts + 1,
-    next_attempt_at = CASE WHEN o.revision <= r.rev THEN o.next_attempt_at ELSE r.at END,
+    next_attempt_at = CASE WHEN o.revision <= r.rev THEN o.next_attempt_at ELSE r.at + $9::interval END,
+    queued_at = CASE WHEN o.revision <= r.rev THEN o.queued_at ELSE r.at END,
     sent_at = r.at, sent_revision = r.rev, sent_value = r.val,
     acked_at = r.at, acked_revision = r.rev, last_error = NULL
 FROM unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::int8[], $7::float8[],
@@ -110,7 +135,17 @@ FROM unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[], $7::int8[], $
      AS r(enterprise, code, stat_type, period_start, rev, val, status, msg, reason)
 WHERE {_MATCH}
 """
-_FORGET = f"DELETE FROM uplink_outbox o USING {_KEYS} AS r(enterprise, code, stat_type, period_start) WHERE {_MATCH}"
+# Both only while the row still carries the revision the sender looked at: a newer
+# one (the period measured again) keeps it pending.
+_FORGET = (f"DELETE FROM uplink_outbox o USING unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[],"
+           f" $6::int8[]) AS r(enterprise, code, stat_type, period_start, rev)"
+           f" WHERE {_MATCH} AND o.state = 'pending' AND o.revision = r.rev")
+_WITHDRAW = f"""
+UPDATE uplink_outbox o SET state = 'withdrawn', withdrawn_at = $7, last_error = NULL
+FROM unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::int8[])
+     AS r(enterprise, code, stat_type, period_start, rev)
+WHERE {_MATCH} AND o.state = 'pending' AND o.revision = r.rev
+"""
 
 
 def _count(status: str) -> int:
@@ -124,7 +159,8 @@ def _count(status: str) -> int:
 @dataclass(frozen=True, slots=True)
 class DueRow:
     """A pending outbox row joined with its current consumption and item (value None:
-    the consumption row is gone)."""
+    the consumption row is gone).  ``queued_revision`` is the revision the outbox row
+    carries; ``sent``: a request carried this period to the target before."""
 
     enterprise: str
     code: str
@@ -136,10 +172,18 @@ class DueRow:
     revision: int | None
     scope: int | None
     input_type: int | None
+    coverage: float | None
+    queued_revision: int
+    sent: bool
 
     @property
     def key(self) -> tuple[str, str, int, datetime]:
         return (self.enterprise, self.code, self.stat_type, self.period_start)
+
+    @property
+    def measured(self) -> bool:
+        """The period still has a measured value (a row with coverage above 0)."""
+        return self.value is not None and self.coverage is not None and self.coverage > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +221,11 @@ class Outcomes:
         return len(self.acked) + len(self.retried) + len(self.rejected)
 
 
+def _due_columns(rows: Sequence[DueRow]) -> tuple[list[str], list[str], list[int], list[datetime], list[int]]:
+    return ([r.enterprise for r in rows], [r.code for r in rows], [r.stat_type for r in rows],
+            [r.period_start for r in rows], [r.queued_revision for r in rows])
+
+
 def _columns(records: Iterable[Record]) -> tuple[list[str], list[str], list[int], list[datetime]]:
     rs = list(records)
     return ([r.enterprise for r in rs], [r.code for r in rs], [r.stat_type for r in rs],
@@ -187,12 +236,15 @@ class Outbox:
     """One target's view of the outbox tables."""
 
     def __init__(self, pool: asyncpg.Pool, target: str, *, zone: ZoneInfo,
-                 realtime_delay: timedelta, upload_time: time) -> None:
+                 realtime_delay: timedelta, upload_time: time, resend_quiet: timedelta,
+                 resend_max_wait: timedelta) -> None:
         self._pool = pool
         self.target = target
         self._tz = zone.key  # the due-time rule runs in SQL, which takes the zone's name
         self._delay = realtime_delay
         self._upload = upload_time
+        self._quiet = resend_quiet
+        self._max_wait = max(resend_max_wait, resend_quiet)
 
     # -- windows and cursor ------------------------------------------------------------
 
@@ -246,7 +298,7 @@ class Outbox:
         window's ``through`` to ``end``, atomically."""
         async with self._pool.acquire() as conn, conn.transaction():
             status = await conn.execute(_ENQUEUE, self.target, now, self._tz, self._delay, self._upload,
-                                        stat_type, start, end)
+                                        self._quiet, self._max_wait, stat_type, start, end)
             await conn.execute("UPDATE uplink_window SET through = $3 WHERE target = $1 AND stat_type = $2",
                                self.target, stat_type, end)
         return _count(status)
@@ -258,7 +310,7 @@ class Outbox:
         since = [windows[s][0] for s in STAT_TYPES]
         through = [windows[s][1] for s in STAT_TYPES]
         status = await self._pool.execute(_FEED, self.target, now, self._tz, self._delay, self._upload,
-                                          after, upto, since, through)
+                                          self._quiet, self._max_wait, after, upto, since, through)
         return _count(status)
 
     # -- sending -----------------------------------------------------------------------
@@ -267,18 +319,27 @@ class Outbox:
         rows = await self._pool.fetch(_FETCH_DUE, self.target, now, limit)
         return [DueRow(*r.values()) for r in rows]
 
-    async def forget(self, keys: Sequence[tuple[str, str, int, datetime]]) -> None:
-        """Drop rows whose consumption row no longer exists (dropped by retention)."""
-        if keys:
-            cols = [list(c) for c in zip(*keys, strict=True)]
-            await self._pool.execute(_FORGET, self.target, *cols)
+    async def forget(self, rows: Sequence[DueRow]) -> int:
+        """Drop rows never sent whose period has nothing measured (coverage 0, or the
+        consumption row gone, e.g. dropped by retention): there is nothing to send."""
+        if not rows:
+            return 0
+        return _count(await self._pool.execute(_FORGET, self.target, *_due_columns(rows)))
+
+    async def withdraw(self, rows: Sequence[DueRow], now: datetime) -> int:
+        """Rows sent before whose period has nothing measured any more: kept, marked
+        ``withdrawn``, not sent (the platforms keep what they had; they have no call to
+        delete a record)."""
+        if not rows:
+            return 0
+        return _count(await self._pool.execute(_WITHDRAW, self.target, *_due_columns(rows), now))
 
     async def record(self, out: Outcomes, now: datetime) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             if out.acked:
                 recs = [r for r, _ in out.acked]
                 await conn.execute(_ACK, self.target, *_columns(recs), [r.revision for r in recs],
-                                   [r.value for r in recs], [at for _, at in out.acked])
+                                   [r.value for r in recs], [at for _, at in out.acked], self._quiet)
             if out.retried:
                 recs = [r for r, *_ in out.retried]
                 await conn.execute(_RETRY, self.target, *_columns(recs), now,
@@ -340,9 +401,12 @@ class Outbox:
         return Backlog(pending["due"], pending["waiting"], pending["oldest"], rejected)
 
     async def prune(self, acked_before: datetime) -> int:
-        """Forget acknowledged rows older than the retention; a later change to one of
-        their periods simply enqueues it again."""
+        """Forget acknowledged (and withdrawn) rows older than the retention; a later
+        change to one of their periods simply enqueues it again."""
         status = await self._pool.execute(
             "DELETE FROM uplink_outbox WHERE target = $1 AND state = 'acked' AND acked_at < $2",
             self.target, acked_before)
-        return _count(status)
+        withdrawn = await self._pool.execute(
+            "DELETE FROM uplink_outbox WHERE target = $1 AND state = 'withdrawn' AND withdrawn_at < $2",
+            self.target, acked_before)
+        return _count(status) + _count(withdrawn)

@@ -79,7 +79,9 @@ class TargetStage:
         self._given = adapter
         delay = timedelta(seconds=settings.realtime_delay_s)
         self.outbox = Outbox(pool, target, zone=zone, realtime_delay=delay,
-                             upload_time=_parse_time(settings.upload_time))
+                             upload_time=_parse_time(settings.upload_time),
+                             resend_quiet=timedelta(seconds=settings.resend_quiet_s),
+                             resend_max_wait=timedelta(seconds=settings.resend_max_wait_s))
         self._planner = Planner(self.outbox, zone=zone, realtime_delay=delay,
                                 backfill=timedelta(days=settings.backfill_days), settle_s=settle_s,
                                 metrics=metrics, clock=clock)
