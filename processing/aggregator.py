@@ -51,7 +51,14 @@ from processing.periodvalues import (
 from processing.pipeline import first_pass, second_pass
 from processing.segments import EVENT_ROLLOVER, Readings, Segments
 from processing.stuck import Movers
-from processing.windows import inside, link_groups, merge_intervals, quarter_windows, stretches
+from processing.windows import (
+    holes,
+    inside,
+    link_groups,
+    merge_intervals,
+    quarter_windows,
+    stretches,
+)
 
 __all__ = ["Aggregator"]
 
@@ -164,12 +171,6 @@ class Aggregator:
             # Ranges of an item close together become one: what lies between them is
             # loaded anyway, and one neighbour lookup is cheaper than many.
             merged = merge_intervals(item[known], lo[known], hi[known], bridge=_BRIDGE_US)
-            # Before loading: the flag then rides with the readings like ingest's.
-            ents, codes = self._keys(items, merged[0])
-            k = np.arange(len(merged[0]), dtype=np.int32).tolist()
-            flagged = await conn.fetch(sql.FLAG_OUT_OF_LINE, k, ents, codes, merged[1].tolist(),
-                                       merged[2].tolist(), self._out_of_line_us, q.OUT_OF_LINE)
-            run.flagged[q.FLAG_NAMES[q.OUT_OF_LINE]] += len(flagged)
             await self._recompute(conn, items, *merged, run)
         await conn.execute(sql.DELETE_CLAIMED, [c["id"] for c in claims])
         run.pending = len(claims)
@@ -180,7 +181,7 @@ class Aggregator:
     async def _recompute(self, conn: asyncpg.Connection, items: ItemTable, item: np.ndarray,
                          lo: np.ndarray, hi: np.ndarray, run: _Run) -> None:
         """Everything the readings of ``item`` in ``[lo, hi]`` (merged per item) touch."""
-        w_item, w_lo, w_hi, begun = await self._windows(conn, items, item, lo, hi)
+        w_item, w_lo, w_hi, begun = await self._windows(conn, items, item, lo, hi, run)
         readings = await self._load(conn, items, w_item, w_lo, w_hi)
         if readings is None:
             return
@@ -209,10 +210,10 @@ class Aggregator:
 
         # Tiers: 15 minutes from the readings, the rest from their children.  Rows a
         # period no longer deserves are withdrawn, and their parents recomputed too.
-        child = quarters.take(keep_q)
-        e_item, e_start = await self._stored_quarters(conn, items, w_item, w_lo, w_hi)
-        keys = [await self._settle(conn, items, QUARTER, finish(child, items), e_item, e_start,
-                                   run)]
+        child = finish(quarters.take(keep_q), items)
+        e_item, e_start = await self._stored_quarters(
+            conn, items, *holes(w_item, w_lo, w_hi, child.item, child.start, child.end))
+        keys = [await self._settle(conn, items, QUARTER, child, e_item, e_start, run)]
         for tier in (DAY, MONTH, YEAR):
             c_item, c_start, _ = keys[-1]
             rows = await self._coarse(conn, items, c_item, c_start, bounds[tier], tier)
@@ -226,10 +227,11 @@ class Aggregator:
                                  v.event_kind, run)
 
     async def _windows(self, conn: asyncpg.Connection, items: ItemTable, item: np.ndarray,
-                       lo: np.ndarray, hi: np.ndarray,
+                       lo: np.ndarray, hi: np.ndarray, run: _Run,
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Begun]:
         """The merged 15-minute windows around each range and its finite neighbours, and
-        the ranges with no reading before them: their item's series now begins there."""
+        the ranges with no reading before them: their item's series now begins there.
+        Out-of-line readings of the ranges are flagged on the way."""
         ents, codes = self._keys(items, item)
         k = np.arange(len(item), dtype=np.int32)
         rows = await conn.fetch(sql.NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist())
@@ -237,6 +239,7 @@ class Aggregator:
         a, b = lo.copy(), hi.copy()  # no neighbour: the range's own end
         a[rk] = [lo[i] if r["before"] is None else r["before"] for i, r in zip(rk, rows, strict=True)]
         b[rk] = [hi[i] if r["after"] is None else r["after"] for i, r in zip(rk, rows, strict=True)]
+        await self._flag_out_of_line(conn, items, item, lo, hi, b, run)
         qb = self._calendar.bounds(QUARTER, int(a.min()), int(b.max()))
         ws, we = quarter_windows(qb, a, b)
         first = np.ones(len(item), bool)
@@ -245,6 +248,23 @@ class Aggregator:
         until[rk] = [NO_READING if r["after"] is None else r["after"] for r in rows]
         begun = _Begun(item[first], lo[first], np.minimum(until[first], _FAR_FUTURE))
         return (*merge_intervals(item, ws, we), begun)
+
+    async def _flag_out_of_line(self, conn: asyncpg.Connection, items: ItemTable,
+                                item: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                                after: np.ndarray, run: _Run) -> None:
+        """Flag the readings of the ranges whose next finite reading lies more than
+        ``out_of_line_s`` later and arrived no later (``after``: the next finite reading
+        after each range, or its end).  Before loading, so that the flag rides with the
+        readings like ingest's.  Only readings that far before ``after`` can be out of
+        line: a range of current readings sends nothing."""
+        below = np.minimum(hi + 1, after - self._out_of_line_us)
+        ask = below > lo
+        if not ask.any():
+            return
+        ents, codes = self._keys(items, item[ask])
+        flagged = await conn.fetch(sql.FLAG_OUT_OF_LINE, ents, codes, lo[ask].tolist(),
+                                   below[ask].tolist(), q.OUT_OF_LINE, self._out_of_line_us)
+        run.flagged[q.FLAG_NAMES[q.OUT_OF_LINE]] += len(flagged)
 
     async def _load(self, conn: asyncpg.Connection, items: ItemTable, w_item: np.ndarray,
                     w_lo: np.ndarray, w_hi: np.ndarray) -> Readings | None:
@@ -357,17 +377,21 @@ class Aggregator:
         return compose(summed, gaps, bounds, tier)
 
     async def _stored_quarters(self, conn: asyncpg.Connection, items: ItemTable,
-                               w_item: np.ndarray, w_lo: np.ndarray, w_hi: np.ndarray,
+                               h_item: np.ndarray, h_lo: np.ndarray, h_hi: np.ndarray,
                                ) -> tuple[np.ndarray, np.ndarray]:
-        """(item, start) of the stored 15-minute rows inside the windows that say
-        something: all of them are recomputed, so each is either written again or
-        withdrawn."""
-        ents, codes = self._keys(items, w_item)
-        k = np.arange(len(w_item), dtype=np.int32).tolist()
-        rows = await conn.fetch(sql.STORED_IN_WINDOWS, k, ents, codes, w_lo.tolist(),
-                                w_hi.tolist())
-        wk = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        return w_item[wk], np.fromiter((r[1] for r in rows), np.int64, len(rows))
+        """(item, start) of the stored 15-minute rows that say something in the parts of
+        the windows where this run produced no row (``holes``): each is recomputed and
+        produced nothing, so it is withdrawn.  Where the run produced a row the upsert
+        overwrites the stored one, so a run whose windows it covers whole (readings
+        closer than 15 minutes, the usual case) sends nothing."""
+        if len(h_item) == 0:
+            return h_item, h_lo
+        ents, codes = self._keys(items, h_item)
+        k = np.arange(len(h_item), dtype=np.int32).tolist()
+        rows = await conn.fetch(sql.STORED_QUARTERS, k, ents, codes, h_lo.tolist(),
+                                h_hi.tolist())
+        hk = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        return h_item[hk], np.fromiter((r[1] for r in rows), np.int64, len(rows))
 
     async def _settle(self, conn: asyncpg.Connection, items: ItemTable, tier: int | np.ndarray,
                       c: Consumption, cand_item: np.ndarray, cand_start: np.ndarray, run: _Run,

@@ -15,7 +15,7 @@ from processing.periods import QUARTER_US
 __all__ = [
     "BACKLOG", "CHILDREN", "CLAIM", "CLAIM_MORE", "DELETE_CLAIMED", "DELETE_EVENTS",
     "DELETE_GAPS", "FIRST_READINGS", "FLAG_OUT_OF_LINE", "GAPS", "INSERT_GAPS", "ITEMS", "LOAD",
-    "MOVERS", "NEIGHBOURS", "PLANNER", "RUN_SINCE", "STORED_IN_WINDOWS", "STORED_TOTALS", "TOTAL_INPUTS",
+    "MOVERS", "NEIGHBOURS", "PLANNER", "RUN_SINCE", "STORED_QUARTERS", "STORED_TOTALS", "TOTAL_INPUTS",
     "UPDATE_QUALITY", "UPSERT", "UPSERT_EVENTS", "WITHDRAW",
 ]
 
@@ -232,14 +232,21 @@ WHERE (m.kind, m.value_before, m.value_after)
 RETURNING m.kind
 """
 
-# Rows of the items' 15-minute periods inside each window that say something (a
-# recomputation that no longer produces one of them turns it into a withdrawn row).
-STORED_IN_WINDOWS = f"""
+# Stored 15-minute rows that say something in parts of the windows where the run
+# produced no row ($4, $5: [lo, hi) of each part): a recomputation that no longer
+# produces them withdraws them.  (Where it produced a row, the upsert overwrites it.)
+# OFFSET 0 keeps it a per-part index scan: as a join, the statistics of a fresh chunk
+# led the planner to a nested loop over every stored row, 200 ms a run.
+STORED_QUARTERS = f"""
 SELECT u.k, {_us('c.period_start')} AS start
 FROM {_UNNEST_RANGES}
-JOIN consumption c ON c.enterprise = u.e AND c.code = u.c AND c.stat_type = 0
-  AND c.period_start >= {_ts('u.lo')} AND c.period_start < {_ts('u.hi')}
-WHERE c.coverage > 0 OR c.valid OR c.flags <> 0
+CROSS JOIN LATERAL (
+  SELECT c.period_start FROM consumption c
+  WHERE c.enterprise = u.e AND c.code = u.c AND c.stat_type = 0
+    AND c.period_start >= {_ts('u.lo')} AND c.period_start < {_ts('u.hi')}
+    AND (c.coverage > 0 OR c.valid OR c.flags <> 0)
+  OFFSET 0
+) AS c
 """
 
 _SAID = "(c.coverage <> 0 OR c.value <> 0 OR c.kgce <> 0 OR c.valid)"
@@ -258,15 +265,19 @@ RETURNING c.stat_type, c.computed_at = now() AS changed
 """
 
 # Stored totals of periods ending after $2 and starting before $3 (per enterprise): an
-# item's series now begins at $2 where it began at $3 before.
+# item's series now begins at $2 where it began at $3 before.  OFFSET 0: a per-enterprise
+# index scan, whatever the statistics of a fresh chunk promise (see LOAD).
 STORED_TOTALS = f"""
-SELECT c.enterprise, c.stat_type, {_us('c.period_start')}
+SELECT u.e, c.stat_type, {_us('c.period_start')}
 FROM unnest($1::text[], $2::int8[], $3::int8[]) AS u(e, lo, hi)
-JOIN consumption c ON c.enterprise = u.e AND c.code = '{TOTAL_CODE}'
-  AND c.period_start < {_ts('u.hi')}
-  AND c.period_start > {_ts('u.lo')} - CASE c.stat_type WHEN 0 THEN interval '15 minutes'
-    WHEN 1 THEN interval '25 hours' WHEN 2 THEN interval '31 days' ELSE interval '366 days' END
-WHERE c.coverage > 0
+CROSS JOIN LATERAL (
+  SELECT c.stat_type, c.period_start FROM consumption c
+  WHERE c.enterprise = u.e AND c.code = '{TOTAL_CODE}' AND c.period_start < {_ts('u.hi')}
+    AND c.period_start > {_ts('u.lo')} - CASE c.stat_type WHEN 0 THEN interval '15 minutes'
+      WHEN 1 THEN interval '25 hours' WHEN 2 THEN interval '31 days' ELSE interval '366 days' END
+    AND c.coverage > 0
+  OFFSET 0
+) AS c
 """
 
 # The first finite reading of each item: a counted item takes part in its enterprise's
@@ -278,23 +289,17 @@ SELECT u.k, (SELECT {_us('min(r.ts)')} FROM readings r
 FROM unnest($1::int4[], $2::text[], $3::text[]) AS u(k, e, c)
 """
 
-# Readings of the pending ranges that arrived when their item already had a reading
+# Readings in [$3, $4) of each item that arrived when their item already had a reading
 # more than $6 microseconds later (the next finite reading after it, received no later
-# than it): a clock error or a stray old value.  Only readings that far before the
-# range's end or the next reading after the range are looked at, so a range of current
-# readings costs one index probe.
+# than it): a clock error or a stray old value.  The caller sends only the ranges where
+# such a reading can be (older than $6 before the range's end or the next reading after
+# it) and puts that bound in $4, so that the scan and the per-reading look at its next
+# reading cover those readings alone, not every reading of the range.
 FLAG_OUT_OF_LINE = f"""
-UPDATE readings r SET quality = r.quality | $7::int2
-FROM {_UNNEST_RANGES}
-LEFT JOIN LATERAL (
-  SELECT n.ts FROM readings n
-  WHERE n.enterprise = u.e AND n.code = u.c AND n.ts > {_ts('u.hi')}
-    AND n.value < 'Infinity'::float8 AND n.value > '-Infinity'::float8
-  ORDER BY n.ts LIMIT 1
-) AS nx ON true
-WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= {_ts('u.lo')} AND r.ts <= {_ts('u.hi')}
-  AND r.ts < greatest({_ts('u.hi')}, nx.ts) - $6 * interval '1 microsecond'
-  AND r.quality & $7::int2 = 0
+UPDATE readings r SET quality = r.quality | $5::int2
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS u(e, c, lo, below)
+WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= {_ts('u.lo')} AND r.ts < {_ts('u.below')}
+  AND r.quality & $5::int2 = 0
   AND (SELECT n.ts > r.ts + $6 * interval '1 microsecond' AND n.received_at <= r.received_at
        FROM readings n
        WHERE n.enterprise = r.enterprise AND n.code = r.code AND n.ts > r.ts

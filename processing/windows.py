@@ -16,7 +16,7 @@ import numpy as np
 
 from processing.segments import Readings
 
-__all__ = ["inside", "link_groups", "merge_intervals", "quarter_windows", "stretches"]
+__all__ = ["holes", "inside", "link_groups", "merge_intervals", "quarter_windows", "stretches"]
 
 
 def merge_intervals(item: np.ndarray, lo: np.ndarray, hi: np.ndarray, bridge: int = 0,
@@ -92,3 +92,29 @@ def inside(item: np.ndarray, start: np.ndarray, end: np.ndarray,
     j = np.maximum(j, 0)
     whole: np.ndarray = ok & (w_item[j] == item) & (w_lo[j] <= start) & (end <= w_hi[j])
     return whole
+
+
+def holes(w_item: np.ndarray, w_lo: np.ndarray, w_hi: np.ndarray, item: np.ndarray,
+          start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The parts of the windows (sorted by (item, lo) and disjoint) that none of the
+    periods ``[start, end)`` covers (each period lies inside one window, none overlap):
+    (item, lo, hi) of each part, ``[lo, hi)``."""
+    if len(item) == 0:
+        return w_item, w_lo, w_hi
+    wkey = (w_item << 33) | (w_lo // 1_000_000)
+    order = np.lexsort((start, item))
+    item, start, end = item[order], start[order], end[order]
+    w = np.searchsorted(wkey, (item << 33) | (start // 1_000_000), "right") - 1
+    # Each window's hole before its first period, and the hole after each period up to
+    # the next period of the same window or the window's end.
+    first_start = w_hi.copy()
+    first = np.r_[True, w[1:] != w[:-1]]
+    first_start[w[first]] = start[first]
+    next_start = np.r_[start[1:], 0]
+    last = np.r_[w[1:] != w[:-1], True]
+    next_start[last] = w_hi[w[last]]
+    h_item = np.concatenate([w_item, item])
+    h_lo = np.concatenate([w_lo, end])
+    h_hi = np.concatenate([first_start, next_start])
+    keep = h_hi > h_lo
+    return h_item[keep], h_lo[keep], h_hi[keep]
