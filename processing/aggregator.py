@@ -206,7 +206,10 @@ class Aggregator:
                                                first.quarters.take(keep_q))
         quality, flags, quarters = second_pass(first, items, stored, keep_stuck)
         v = first.validated
-        await self._write_gaps(conn, items, readings, v.segments, flags, bounds)
+        g_item, g_t0, g_tier = await self._write_gaps(conn, items, readings, v.segments, flags,
+                                                      bounds)
+        if len(g_t0) and int(g_t0.min()) < span_lo:  # a stored gap reaching before the stretch
+            bounds = {t: cal.bounds(t, int(g_t0.min()), span_hi) for t in TIERS}
 
         # Tiers: 15 minutes from the readings, the rest from their children.  Rows a
         # period no longer deserves are withdrawn, and their parents recomputed too.
@@ -215,7 +218,11 @@ class Aggregator:
             conn, items, *holes(w_item, w_lo, w_hi, child.item, child.start, child.end))
         keys = [await self._settle(conn, items, QUARTER, child, e_item, e_start, run)]
         for tier in (DAY, MONTH, YEAR):
+            # The children written or withdrawn, and the gap segments (stored before or
+            # now) that this tier's periods hold whole: a period may hold nothing else.
             c_item, c_start, _ = keys[-1]
+            c_item = np.concatenate([c_item, g_item[g_tier == tier]])
+            c_start = np.concatenate([c_start, g_t0[g_tier == tier]])
             rows = await self._coarse(conn, items, c_item, c_start, bounds[tier], tier)
             p_item, p_start = self._parents(c_item, c_start, bounds[tier])
             keys.append(await self._settle(conn, items, tier, finish(rows, items), p_item,
@@ -278,12 +285,17 @@ class Aggregator:
                            np.array(loaded[2], np.float64), np.array(loaded[3], np.int32), lg)
 
     async def _write_gaps(self, conn: asyncpg.Connection, items: ItemTable, r: Readings,
-                          seg: Segments, flags: np.ndarray, bounds: dict[int, np.ndarray]) -> None:
-        """Replace the stored gap segments of each loaded stretch by the current ones."""
+                          seg: Segments, flags: np.ndarray, bounds: dict[int, np.ndarray],
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Replace the stored gap segments of each loaded stretch by the current ones;
+        (item, t0, tier) of the gaps removed and written."""
         s_first, s_last = stretches(r)
         ents, codes = self._keys(items, r.item[s_first])
-        await conn.execute(sql.DELETE_GAPS, ents, codes, r.ts[s_first].tolist(),
-                           r.ts[s_last].tolist())
+        gone = await conn.fetch(sql.DELETE_GAPS, ents, codes, r.ts[s_first].tolist(),
+                                r.ts[s_last].tolist())
+        g_item = items.lookup((g[0] for g in gone), (g[1] for g in gone))
+        g_t0 = np.fromiter((g[2] for g in gone), np.int64, len(gone))
+        g_tier = np.fromiter((g[3] for g in gone), np.int64, len(gone))
         whole_in = gap_tiers(seg, bounds)
         keep = (whole_in >= DAY) & (whole_in <= YEAR)
         if keep.any():
@@ -291,6 +303,8 @@ class Aggregator:
             await conn.execute(sql.INSERT_GAPS, ents, codes, seg.t0[keep].tolist(),
                                seg.t1[keep].tolist(), whole_in[keep].tolist(),
                                seg.amount[keep].tolist(), flags[keep].tolist())
+        return (np.concatenate([g_item, seg.item[keep]]), np.concatenate([g_t0, seg.t0[keep]]),
+                np.concatenate([g_tier, whole_in[keep].astype(np.int64)]))
 
     async def _run_since(self, conn: asyncpg.Connection, items: ItemTable, r: Readings,
                          ) -> tuple[np.ndarray, np.ndarray]:

@@ -186,10 +186,13 @@ JOIN gap_segments g ON g.enterprise = u.e AND g.code = u.c AND g.tier = $6
   AND g.t0 >= {_ts('u.lo')} AND g.t0 < {_ts('u.hi')}
 """
 
+# The stored gap segments of loaded stretches, replaced by the current ones; the periods
+# that held them are recomputed (a gap may be all a day, month or year holds).
 DELETE_GAPS = f"""
 DELETE FROM gap_segments g
 USING unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS u(e, c, f, l)
 WHERE g.enterprise = u.e AND g.code = u.c AND g.t0 < {_ts('u.l')} AND g.t1 > {_ts('u.f')}
+RETURNING g.enterprise, g.code, {_us('g.t0')}, g.tier
 """
 
 INSERT_GAPS = f"""
