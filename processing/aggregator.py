@@ -12,9 +12,11 @@ One run, in one transaction:
 3. validate and distribute with the pure functions (:mod:`processing.pipeline`), only
    keeping the 15-minute periods that lie wholly inside a loaded window;
 4. rebuild day, month and year periods from their children in the database plus the
-   crossing gap segments (table ``gap_segments``), then the 0000 totals;
-5. upsert (the revision moves only when value, kgce, valid or coverage changed), update
-   reading flags and meter events, delete the claimed pending rows.
+   crossing gap segments (table ``gap_segments``), then the 0000 totals
+   (:mod:`processing.totalrows`);
+5. upsert (the revision moves only when value, kgce, valid or coverage changed) and
+   withdraw, update reading flags and meter events (:mod:`processing.writes`), delete
+   the claimed pending rows.
 
 Readings, items and consumption of other instances are only read under the enterprise
 lock, so a run sees a consistent picture of the enterprises it works on.  The statements
@@ -24,8 +26,6 @@ are in :mod:`processing.queries`.
 from __future__ import annotations
 
 import time
-from collections import Counter as Tally
-from dataclasses import dataclass, field
 
 import asyncpg
 import numpy as np
@@ -34,72 +34,31 @@ from prometheus_client import CollectorRegistry
 from config.settings import ProcessingSettings
 from ingest import quality as q
 from processing import queries as sql
-from processing.itemtable import CUMULATIVE, INSTANT, TOTAL_CODE, ItemTable
+from processing.itemtable import CUMULATIVE, INSTANT, ItemTable
 from processing.metrics import ProcessingMetrics
 from processing.periods import DAY, MONTH, QUARTER, QUARTER_US, TIERS, YEAR, Calendar
-from processing.periodvalues import (
-    NO_READING,
-    Consumption,
-    GapRows,
-    PeriodRows,
-    compose,
-    finish,
-    first_readings,
-    gap_tiers,
-    totals,
-)
+from processing.periodvalues import NO_READING, GapRows, PeriodRows, compose, finish
 from processing.pipeline import first_pass, second_pass
-from processing.segments import EVENT_ROLLOVER, Readings, Segments
+from processing.segments import Readings
 from processing.stuck import Movers
-from processing.windows import (
-    holes,
-    inside,
-    link_groups,
-    merge_intervals,
-    quarter_windows,
-    stretches,
+from processing.totalrows import Begun, EnterpriseTotals
+from processing.windows import holes, inside, link_groups, merge_intervals, quarter_windows
+from processing.writes import (
+    RunTally,
+    item_keys,
+    settle,
+    strings_at,
+    write_events,
+    write_flags,
+    write_gaps,
 )
 
 __all__ = ["Aggregator"]
 
 
-@dataclass(slots=True)
-class _Run:
-    """What one run did, for the metrics."""
-
-    pending: int = 0
-    readings: int = 0
-    flagged: Tally[str] = field(default_factory=Tally)
-    computed: Tally[int] = field(default_factory=Tally)
-    changed: Tally[int] = field(default_factory=Tally)
-    events: Tally[str] = field(default_factory=Tally)
-
-
 _BRIDGE_US = 3_600_000_000  # pending ranges of an item less than an hour apart are merged
 _FAR_FUTURE = 7_258_118_400_000_000  # 2200-01-01: "until now and ever after", as a time
 _MORE_PER_ITEM = 50  # extra pending rows of a claimed item taken in the same run
-
-
-@dataclass(frozen=True, slots=True)
-class _Begun:
-    """Ranges with which an item's series begins: ``lo``, and ``until`` where it began
-    before (NO_READING for an item heard from for the first time)."""
-
-    item: np.ndarray
-    lo: np.ndarray
-    until: np.ndarray
-
-
-def _key(item: np.ndarray, start: np.ndarray, tier: np.ndarray | int) -> np.ndarray:
-    """One int64 per (item, period start, tier): starts are whole seconds after 1970."""
-    k: np.ndarray = ((item.astype(np.int64) << 35) | ((start // 1_000_000) << 2)
-                     | np.asarray(tier, np.int64))
-    return k
-
-
-def _objects(values: list[str], index: np.ndarray) -> list[str]:
-    picked: list[str] = np.asarray(values, dtype=object)[index].tolist()
-    return picked
 
 
 class Aggregator:
@@ -120,10 +79,7 @@ class Aggregator:
         self._stuck_after_us = int(settings.stuck_after_s * 1e6)
         self._chunk = settings.chunk
         self._out_of_line_us = int(settings.out_of_line_s * 1e6)
-        # First finite reading per counted item, once looked up: it only ever moves
-        # earlier, and every reading this instance processes passes through _recompute.
-        # (A backfill processed by another instance is seen after a restart.)
-        self._since: dict[tuple[str, str], int] = {}
+        self._totals = EnterpriseTotals(self._calendar)
         self.metrics = ProcessingMetrics(registry)
 
     async def step(self) -> bool:
@@ -139,7 +95,7 @@ class Aggregator:
     async def run_once(self) -> int:
         """One chunk of pending rows, in one transaction; the number processed."""
         started = time.perf_counter()
-        run = _Run()
+        run = RunTally()
         async with self._pool.acquire() as conn:
             async with conn.transaction():
                 await self._run(conn, run)
@@ -153,7 +109,7 @@ class Aggregator:
 
     # -- one run -----------------------------------------------------------------------
 
-    async def _run(self, conn: asyncpg.Connection, run: _Run) -> None:
+    async def _run(self, conn: asyncpg.Connection, run: RunTally) -> None:
         claims = await conn.fetch(sql.CLAIM, self._chunk)
         if not claims:
             return
@@ -175,18 +131,15 @@ class Aggregator:
         await conn.execute(sql.DELETE_CLAIMED, [c["id"] for c in claims])
         run.pending = len(claims)
 
-    def _keys(self, items: ItemTable, item: np.ndarray) -> tuple[list[str], list[str]]:
-        return _objects(items.enterprise, item), _objects(items.code, item)
-
     async def _recompute(self, conn: asyncpg.Connection, items: ItemTable, item: np.ndarray,
-                         lo: np.ndarray, hi: np.ndarray, run: _Run) -> None:
+                         lo: np.ndarray, hi: np.ndarray, run: RunTally) -> None:
         """Everything the readings of ``item`` in ``[lo, hi]`` (merged per item) touch."""
         w_item, w_lo, w_hi, begun = await self._windows(conn, items, item, lo, hi, run)
         readings = await self._load(conn, items, w_item, w_lo, w_hi)
         if readings is None:
             return
         run.readings += len(readings)
-        self._note_first_readings(items, readings)
+        self._totals.note(items, readings)
         cal = self._calendar
         span_lo, span_hi = int(readings.ts.min()), int(readings.ts.max())
         bounds = {t: cal.bounds(t, span_lo, span_hi) for t in TIERS}
@@ -206,7 +159,7 @@ class Aggregator:
                                                first.quarters.take(keep_q))
         quality, flags, quarters = second_pass(first, items, stored, keep_stuck)
         v = first.validated
-        g_item, g_t0, g_tier = await self._write_gaps(conn, items, readings, v.segments, flags,
+        g_item, g_t0, g_tier = await write_gaps(conn, items, readings, v.segments, flags,
                                                       bounds)
         if len(g_t0) and int(g_t0.min()) < span_lo:  # a stored gap reaching before the stretch
             bounds = {t: cal.bounds(t, int(g_t0.min()), span_hi) for t in TIERS}
@@ -216,7 +169,7 @@ class Aggregator:
         child = finish(quarters.take(keep_q), items)
         e_item, e_start = await self._stored_quarters(
             conn, items, *holes(w_item, w_lo, w_hi, child.item, child.start, child.end))
-        keys = [await self._settle(conn, items, QUARTER, child, e_item, e_start, run)]
+        keys = [await settle(conn, items, QUARTER, child, e_item, e_start, run)]
         for tier in (DAY, MONTH, YEAR):
             # The children written or withdrawn, and the gap segments (stored before or
             # now) that this tier's periods hold whole: a period may hold nothing else.
@@ -225,21 +178,21 @@ class Aggregator:
             c_start = np.concatenate([c_start, g_t0[g_tier == tier]])
             rows = await self._coarse(conn, items, c_item, c_start, bounds[tier], tier)
             p_item, p_start = self._parents(c_item, c_start, bounds[tier])
-            keys.append(await self._settle(conn, items, tier, finish(rows, items), p_item,
+            keys.append(await settle(conn, items, tier, finish(rows, items), p_item,
                                            p_start, run))
-        await self._totals(conn, items, keys, begun, run)
+        await self._totals.write(conn, items, keys, begun, run)
 
-        await self._write_flags(conn, items, readings, quality, run)
-        await self._write_events(conn, items, readings, v.ends_segment, v.event_reading,
+        await write_flags(conn, items, readings, quality, run)
+        await write_events(conn, items, readings, v.ends_segment, v.event_reading,
                                  v.event_kind, run)
 
     async def _windows(self, conn: asyncpg.Connection, items: ItemTable, item: np.ndarray,
-                       lo: np.ndarray, hi: np.ndarray, run: _Run,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Begun]:
+                       lo: np.ndarray, hi: np.ndarray, run: RunTally,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Begun]:
         """The merged 15-minute windows around each range and its finite neighbours, and
         the ranges with no reading before them: their item's series now begins there.
         Out-of-line readings of the ranges are flagged on the way."""
-        ents, codes = self._keys(items, item)
+        ents, codes = item_keys(items, item)
         k = np.arange(len(item), dtype=np.int32)
         rows = await conn.fetch(sql.NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist())
         rk = np.fromiter((r["k"] for r in rows), np.int64, len(rows))
@@ -253,12 +206,12 @@ class Aggregator:
         first[rk] = [r["before"] is None for r in rows]
         until = np.full(len(item), NO_READING, np.int64)  # where it began before, at most
         until[rk] = [NO_READING if r["after"] is None else r["after"] for r in rows]
-        begun = _Begun(item[first], lo[first], np.minimum(until[first], _FAR_FUTURE))
+        begun = Begun(item[first], lo[first], np.minimum(until[first], _FAR_FUTURE))
         return (*merge_intervals(item, ws, we), begun)
 
     async def _flag_out_of_line(self, conn: asyncpg.Connection, items: ItemTable,
                                 item: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                                after: np.ndarray, run: _Run) -> None:
+                                after: np.ndarray, run: RunTally) -> None:
         """Flag the readings of the ranges whose next finite reading lies more than
         ``out_of_line_s`` later and arrived no later (``after``: the next finite reading
         after each range, or its end).  Before loading, so that the flag rides with the
@@ -268,14 +221,14 @@ class Aggregator:
         ask = below > lo
         if not ask.any():
             return
-        ents, codes = self._keys(items, item[ask])
+        ents, codes = item_keys(items, item[ask])
         flagged = await conn.fetch(sql.FLAG_OUT_OF_LINE, ents, codes, lo[ask].tolist(),
                                    below[ask].tolist(), q.OUT_OF_LINE, self._out_of_line_us)
         run.flagged[q.FLAG_NAMES[q.OUT_OF_LINE]] += len(flagged)
 
     async def _load(self, conn: asyncpg.Connection, items: ItemTable, w_item: np.ndarray,
                     w_lo: np.ndarray, w_hi: np.ndarray) -> Readings | None:
-        ents, codes = self._keys(items, w_item)
+        ents, codes = item_keys(items, w_item)
         g = np.arange(len(w_item), dtype=np.int32)
         loaded = await conn.fetchrow(sql.LOAD, g.tolist(), ents, codes, w_lo.tolist(), w_hi.tolist())
         if loaded[0] is None:
@@ -283,28 +236,6 @@ class Aggregator:
         lg = np.array(loaded[0], np.int64)
         return link_groups(w_item[lg], np.array(loaded[1], np.int64),
                            np.array(loaded[2], np.float64), np.array(loaded[3], np.int32), lg)
-
-    async def _write_gaps(self, conn: asyncpg.Connection, items: ItemTable, r: Readings,
-                          seg: Segments, flags: np.ndarray, bounds: dict[int, np.ndarray],
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Replace the stored gap segments of each loaded stretch by the current ones;
-        (item, t0, tier) of the gaps removed and written."""
-        s_first, s_last = stretches(r)
-        ents, codes = self._keys(items, r.item[s_first])
-        gone = await conn.fetch(sql.DELETE_GAPS, ents, codes, r.ts[s_first].tolist(),
-                                r.ts[s_last].tolist())
-        g_item = items.lookup((g[0] for g in gone), (g[1] for g in gone))
-        g_t0 = np.fromiter((g[2] for g in gone), np.int64, len(gone))
-        g_tier = np.fromiter((g[3] for g in gone), np.int64, len(gone))
-        whole_in = gap_tiers(seg, bounds)
-        keep = (whole_in >= DAY) & (whole_in <= YEAR)
-        if keep.any():
-            ents, codes = self._keys(items, seg.item[keep])
-            await conn.execute(sql.INSERT_GAPS, ents, codes, seg.t0[keep].tolist(),
-                               seg.t1[keep].tolist(), whole_in[keep].tolist(),
-                               seg.amount[keep].tolist(), flags[keep].tolist())
-        return (np.concatenate([g_item, seg.item[keep]]), np.concatenate([g_t0, seg.t0[keep]]),
-                np.concatenate([g_tier, whole_in[keep].astype(np.int64)]))
 
     async def _run_since(self, conn: asyncpg.Connection, items: ItemTable, r: Readings,
                          ) -> tuple[np.ndarray, np.ndarray]:
@@ -321,7 +252,7 @@ class Aggregator:
         keep[first[~ask]] = True
         idx = first[ask]
         if len(idx):
-            ents, codes = self._keys(items, r.item[idx])
+            ents, codes = item_keys(items, r.item[idx])
             t = r.ts[idx]
             rows = await conn.fetch(sql.RUN_SINCE, np.arange(len(idx)).tolist(), ents, codes,
                                     t.tolist(), r.value[idx].tolist(),
@@ -337,7 +268,7 @@ class Aggregator:
         u_ent = np.unique(ent)
         w_lo = np.array([lo[ent == e].min() for e in u_ent], np.int64) - QUARTER_US
         w_hi = np.array([hi[ent == e].max() for e in u_ent], np.int64)
-        rows = await conn.fetch(sql.MOVERS, _objects(items.enterprises, u_ent), w_lo.tolist(),
+        rows = await conn.fetch(sql.MOVERS, strings_at(items.enterprises, u_ent), w_lo.tolist(),
                                 w_hi.tolist())
         item = items.lookup((r["enterprise"] for r in rows), (r["code"] for r in rows))
         start = np.fromiter((r["start"] for r in rows), np.int64, len(rows))
@@ -367,7 +298,7 @@ class Aggregator:
         key = np.unique(c_item * np.int64(len(bounds)) + p)
         t_item, t_p = key // len(bounds), key % len(bounds)
         t_lo, t_hi = bounds[t_p], bounds[t_p + 1]
-        ents, codes = self._keys(items, t_item)
+        ents, codes = item_keys(items, t_item)
         k = np.arange(len(key), dtype=np.int32).tolist()
         inst = (items.kind[t_item] == INSTANT).tolist()
         sums = await conn.fetch(sql.CHILDREN, k, ents, codes, t_lo.tolist(), t_hi.tolist(), inst,
@@ -400,158 +331,9 @@ class Aggregator:
         closer than 15 minutes, the usual case) sends nothing."""
         if len(h_item) == 0:
             return h_item, h_lo
-        ents, codes = self._keys(items, h_item)
+        ents, codes = item_keys(items, h_item)
         k = np.arange(len(h_item), dtype=np.int32).tolist()
         rows = await conn.fetch(sql.STORED_QUARTERS, k, ents, codes, h_lo.tolist(),
                                 h_hi.tolist())
         hk = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         return h_item[hk], np.fromiter((r[1] for r in rows), np.int64, len(rows))
-
-    async def _settle(self, conn: asyncpg.Connection, items: ItemTable, tier: int | np.ndarray,
-                      c: Consumption, cand_item: np.ndarray, cand_start: np.ndarray, run: _Run,
-                      ) -> tuple[np.ndarray, np.ndarray, Consumption]:
-        """Write the rows of ``c`` and withdraw the candidate periods (of ``tier``, one or
-        one per candidate) it no longer holds; (item, start) of both, and ``c``."""
-        await self._upsert(conn, items, c, run)
-        tiers = np.broadcast_to(np.asarray(tier, np.int64), cand_item.shape)
-        gone = ~np.isin(_key(cand_item, cand_start, tiers), _key(c.item, c.start, c.tier))
-        if gone.any():
-            ents, codes = self._keys(items, cand_item[gone])
-            result = await conn.fetch(sql.WITHDRAW, ents, codes, tiers[gone].tolist(),
-                                      cand_start[gone].tolist())
-            for t, n in zip(*np.unique(tiers[gone], return_counts=True), strict=True):
-                run.computed[int(t)] += int(n)
-            for r in result:
-                if r["changed"]:
-                    run.changed[r["stat_type"]] += 1
-        return (np.concatenate([c.item, cand_item[gone]]),
-                np.concatenate([c.start, cand_start[gone]]), c)
-
-    async def _upsert(self, conn: asyncpg.Connection, items: ItemTable, c: Consumption,
-                      run: _Run) -> Consumption:
-        if len(c):
-            ents, codes = self._keys(items, c.item)
-            result = await conn.fetch(
-                sql.UPSERT, ents, codes, c.tier.tolist(), c.start.tolist(), c.value.tolist(),
-                c.kgce.tolist(), c.valid.tolist(), c.coverage.tolist(), c.flags.tolist())
-            for tier, n in zip(*np.unique(c.tier, return_counts=True), strict=True):
-                run.computed[int(tier)] += int(n)
-            for r in result:
-                if r["changed"]:
-                    run.changed[r["stat_type"]] += 1
-        return c
-
-    async def _totals(self, conn: asyncpg.Connection, items: ItemTable,
-                      keys: list[tuple[np.ndarray, np.ndarray, Consumption]], begun: _Begun,
-                      run: _Run) -> None:
-        """0000 rows of every (enterprise, tier, period) recomputed or withdrawn for some
-        item, from all the enterprise's counted items in the database, a counted item
-        without a row counting as measuring nothing from its first reading on.  Not only
-        counted items' periods: an item that stopped counting (its scope changed) must
-        leave the total too.  Where a counted item's series now begins earlier, the
-        stored totals between its new and its old beginning are recomputed as well: it
-        takes part in them now."""
-        tiers = np.concatenate([np.full(len(k[0]), t, np.int64) for t, k in zip(TIERS, keys,
-                                                                                strict=True)])
-        item = np.concatenate([k[0] for k in keys])
-        starts = np.concatenate([k[1] for k in keys])
-        ent = items.ent[item]
-        b_ok = items.in_total()[begun.item]
-        if b_ok.any():
-            ents, _ = self._keys(items, begun.item[b_ok])
-            stale = await conn.fetch(sql.STORED_TOTALS, ents, begun.lo[b_ok].tolist(),
-                                     begun.until[b_ok].tolist())
-            ent = np.concatenate([ent, items.ent[items.lookup(
-                (r[0] for r in stale), (TOTAL_CODE for _ in stale))]])
-            tiers = np.concatenate([tiers, np.fromiter((r[1] for r in stale), np.int64, len(stale))])
-            starts = np.concatenate([starts, np.fromiter((r[2] for r in stale), np.int64,
-                                                         len(stale))])
-        if len(ent) == 0:
-            return
-        key = np.unique(np.stack([ent, tiers, starts]), axis=1)
-        counted = np.flatnonzero(items.in_total() & np.isin(items.ent, key[0]))
-        counted_codes = sorted({items.code[i] for i in counted})
-        rows = await conn.fetch(sql.TOTAL_INPUTS, _objects(items.enterprises, key[0]),
-                                key[1].tolist(), key[2].tolist(), counted_codes)
-        item = items.lookup((r[0] for r in rows), (r[1] for r in rows))
-        ok = item >= 0
-        n = len(rows)
-        tier = np.fromiter((r[2] for r in rows), np.int8, n)[ok]
-        start = np.fromiter((r[3] for r in rows), np.int64, n)[ok]
-        end = np.empty(len(start), np.int64)
-        for t in TIERS:
-            m = tier == t
-            if m.any():
-                b = self._calendar.bounds(t, int(start[m].min()), int(start[m].max()) + 1)
-                end[m] = b[np.searchsorted(b, start[m], "right")]
-        kgce = np.fromiter((r[4] for r in rows), np.float64, n)[ok]
-        inputs = Consumption(
-            tier, item[ok], start, end, kgce, kgce,
-            np.fromiter((r[5] for r in rows), np.float64, n)[ok],
-            np.fromiter((r[6] for r in rows), bool, n)[ok],
-            np.fromiter((r[7] for r in rows), np.int32, n)[ok],
-        )
-        since = await self._first_readings(conn, items, counted)
-        result = totals(inputs, items, since)
-        await self._settle(conn, items, key[1], result, items.total[key[0]], key[2], run)
-
-    def _note_first_readings(self, items: ItemTable, r: Readings) -> None:
-        fin = np.isfinite(r.value) & ((r.quality & q.OUT_OF_LINE) == 0)
-        first = first_readings(r.item[fin], r.ts[fin], len(items))
-        for i in np.flatnonzero(first < NO_READING):
-            key = (items.enterprise[i], items.code[i])
-            if key in self._since:
-                self._since[key] = min(self._since[key], int(first[i]))
-
-    async def _first_readings(self, conn: asyncpg.Connection, items: ItemTable,
-                              counted: np.ndarray) -> np.ndarray:
-        """Per item, its first finite reading (NO_READING for items not asked about or
-        never heard from)."""
-        since = np.full(len(items), NO_READING, np.int64)
-        ask = [int(i) for i in counted
-               if (items.enterprise[i], items.code[i]) not in self._since]
-        if ask:
-            ents, codes = self._keys(items, np.array(ask, np.int64))
-            rows = await conn.fetch(sql.FIRST_READINGS, list(range(len(ask))), ents, codes)
-            for r in rows:
-                if r["since"] is not None:
-                    i = ask[r["k"]]
-                    self._since[(items.enterprise[i], items.code[i])] = r["since"]
-        for i in counted:
-            since[i] = self._since.get((items.enterprise[i], items.code[i]), NO_READING)
-        return since
-
-    async def _write_flags(self, conn: asyncpg.Connection, items: ItemTable, r: Readings,
-                           quality: np.ndarray, run: _Run) -> None:
-        changed = quality != r.quality
-        if not changed.any():
-            return
-        ents, codes = self._keys(items, r.item[changed])
-        await conn.execute(sql.UPDATE_QUALITY, ents, codes, r.ts[changed].tolist(),
-                           quality[changed].tolist())
-        gained = quality[changed] & ~r.quality[changed]
-        for bit, name in q.FLAG_NAMES.items():
-            if bit & q.PROCESSING_FLAGS:
-                run.flagged[name] += int(np.count_nonzero(gained & bit))
-
-    async def _write_events(self, conn: asyncpg.Connection, items: ItemTable, r: Readings,
-                            ends_segment: np.ndarray, at: np.ndarray, kind: np.ndarray,
-                            run: _Run) -> None:
-        """Meter events of the readings whose segment was recomputed: the current ones
-        written, stale ones (the readings around them changed) removed."""
-        none = ends_segment | ~np.isfinite(r.value)
-        none[at] = False
-        if none.any():
-            ents, codes = self._keys(items, r.item[none])
-            await conn.execute(sql.DELETE_EVENTS, ents, codes, r.ts[none].tolist())
-        if len(at) == 0:
-            return
-        # The value before is the previous finite reading's (a segment's start).
-        prev = np.maximum.accumulate(np.where(np.isfinite(r.value), np.arange(len(r)), 0))
-        before = r.value[prev[np.maximum(at - 1, 0)]]
-        ents, codes = self._keys(items, r.item[at])
-        kinds = np.where(kind == EVENT_ROLLOVER, "rollover", "reset").tolist()
-        result = await conn.fetch(sql.UPSERT_EVENTS, ents, codes, r.ts[at].tolist(), kinds,
-                                  before.tolist(), r.value[at].tolist())
-        for row in result:
-            run.events[row["kind"]] += 1
