@@ -293,7 +293,9 @@ class Chain:
             prefix = f"NHJC_UPLINK__TARGETS__{name.upper()}__"
             # Sent as soon as a period closes; retries at most 5 s apart, so the time to
             # recover measures nhjc and not a long backoff (the default maximum is 300 s).
-            env |= {prefix + "URL": url, prefix + "REALTIME_DELAY_S": "0", prefix + "BACKOFF_MAX_S": "5"}
+            # A period sent and then revised goes again after 1 s of quiet (default 120 s).
+            env |= {prefix + "URL": url, prefix + "REALTIME_DELAY_S": "0", prefix + "BACKOFF_MAX_S": "5",
+                    prefix + "RESEND_QUIET_S": "1"}
         return ServiceProcess(self.broker.url, self.service_dsn, client_id=self.client_id, env=env,
                               log=self.workdir / "service.log")
 

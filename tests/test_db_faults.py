@@ -119,6 +119,9 @@ def service(broker, dsn: str, platform: str, tmp_path: Path) -> ServiceProcess:
         "NHJC_UPLINK__TARGETS__PROVINCIAL__URL": platform,
         "NHJC_UPLINK__TARGETS__PROVINCIAL__REALTIME_DELAY_S": "0",
         "NHJC_UPLINK__TARGETS__PROVINCIAL__BACKOFF_MAX_S": "2",
+        # A period sent and then revised goes again after 1 s of quiet, not the default
+        # 120 s: the checks wait for every period's final value within a minute.
+        "NHJC_UPLINK__TARGETS__PROVINCIAL__RESEND_QUIET_S": "1",
         "NHJC_UPLINK__SETTLE_S": "1",
         "NHJC_UPLINK__INTERVAL_MS": "200",
         "NHJC_PROCESSING__INTERVAL_MS": "200",
