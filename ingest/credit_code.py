@@ -3,7 +3,7 @@ character computed modulo 31 over the first 17."""
 
 from __future__ import annotations
 
-__all__ = ["ALPHABET", "check_character", "is_valid"]
+__all__ = ["ALPHABET", "check_character", "checked", "is_valid"]
 
 ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"  # no I, O, S, V, Z
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}
@@ -23,3 +23,11 @@ def is_valid(code: str) -> bool:
     if len(code) != 18 or any(c not in _VALUE for c in code):
         return False
     return check_character(code[:17]) == code[17]
+
+
+def checked(code: str) -> str:
+    """``code`` when it is valid; else ValueError saying so (for the items and enterprise
+    models' validators, whose messages name the field)."""
+    if not is_valid(code):
+        raise ValueError("not a GB 32100 credit code (18 characters with a valid check character)")
+    return code

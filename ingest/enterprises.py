@@ -33,9 +33,9 @@ from pydantic import (
     field_validator,
 )
 
-from ingest.credit_code import is_valid
+from ingest.credit_code import checked
 from ingest.frames import describe, pg_text
-from ingest.items import ItemsError, decode_items_file
+from ingest.items import ItemsError, decode_items_file, storable
 
 __all__ = [
     "PROFILE_FIELDS", "SECRET_FIELDS", "EnterpriseSpec", "EnterprisesError", "Profile", "TargetEntry",
@@ -52,19 +52,6 @@ class EnterprisesError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(pg_text(detail))
         self.reason = reason
-
-
-def _storable(v: object) -> object:
-    """Text PostgreSQL can store (no NUL, no lone surrogate); the value is not echoed."""
-    if isinstance(v, str):
-        if "\x00" in v:
-            raise ValueError("holds a NUL character (\\u0000), which PostgreSQL cannot store")
-        if not v.isascii():
-            try:
-                v.encode()
-            except UnicodeEncodeError:
-                raise ValueError("holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
-    return v
 
 
 def _county(v: str) -> str:
@@ -140,7 +127,7 @@ class Profile(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _text(cls, v: object) -> object:
-        return _storable(v)
+        return storable(v)
 
     @field_validator("registerDate", "passDate")
     @classmethod
@@ -164,7 +151,7 @@ class TargetEntry(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _text(cls, v: object) -> object:
-        return _storable(v)
+        return storable(v)
 
     @field_validator("region")
     @classmethod
@@ -214,14 +201,12 @@ class EnterpriseSpec(BaseModel):
     @field_validator("enterprise", "name", "region", mode="before")
     @classmethod
     def _text(cls, v: object) -> object:
-        return _storable(v)
+        return storable(v)
 
     @field_validator("enterprise")
     @classmethod
     def _enterprise(cls, v: str) -> str:
-        if not is_valid(v):
-            raise ValueError("not a GB 32100 credit code (18 characters with a valid check character)")
-        return v
+        return checked(v)
 
     @field_validator("name")
     @classmethod

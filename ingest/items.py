@@ -17,12 +17,12 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ingest.credit_code import is_valid
+from ingest.credit_code import checked
 from ingest.frames import MAX_ABS_VALUE, describe, encode_json, normalise_code, pg_text
 
 __all__ = [
     "MAX_COEFFICIENT", "MAX_MULTIPLIER", "MAX_RANGE", "ItemSpec", "ItemsError", "decode_items_file",
-    "parse_items_file", "parse_items_file_bytes", "parse_items_payload",
+    "parse_items_file", "parse_items_file_bytes", "parse_items_payload", "storable",
 ]
 
 # Bounds far beyond any real item (a CT/PT ratio of 500 kV/100 V by 4000 A/1 A is 2e7;
@@ -33,6 +33,19 @@ MAX_MULTIPLIER = 1e9
 MAX_COEFFICIENT = 1e9
 MAX_RANGE = MAX_ABS_VALUE * MAX_MULTIPLIER  # min and max are after the multiplier
 
+
+def storable(v: object) -> object:
+    """A field's text when PostgreSQL can store it (no NUL, no lone surrogate); else
+    ValueError saying why, without echoing the value (for the models' validators)."""
+    if isinstance(v, str):
+        if "\x00" in v:
+            raise ValueError("holds a NUL character (\\u0000), which PostgreSQL cannot store")
+        if not v.isascii():
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                raise ValueError("holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
+    return v
 
 class ItemsError(ValueError):
     """A whole items document is unusable; ``reason`` is the quarantine reason code
@@ -66,22 +79,12 @@ class ItemSpec(BaseModel):
     @field_validator("enterprise", "code", "name", "energy", "unit", mode="before")
     @classmethod
     def _storable(cls, v: object) -> object:
-        if isinstance(v, str):
-            if "\x00" in v:
-                raise ValueError("holds a NUL character (\\u0000), which PostgreSQL cannot store")
-            if not v.isascii():
-                try:
-                    v.encode()
-                except UnicodeEncodeError:
-                    raise ValueError("holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
-        return v
+        return storable(v)
 
     @field_validator("enterprise")
     @classmethod
     def _enterprise(cls, v: str) -> str:
-        if not is_valid(v):
-            raise ValueError("not a GB 32100 credit code")
-        return v
+        return checked(v)
 
     @field_validator("code")
     @classmethod
