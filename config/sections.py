@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
 )
 
-__all__ = ["SECRET_QUERY", "Fault", "Section", "check_readable", "check_target_tls", "check_tls", "from_file",
+__all__ = ["SECRET_QUERY", "Fault", "Section", "check_backoff", "check_readable", "check_target_tls", "check_tls", "from_file",
            "read_file", "read_secret", "redact_url", "secret_value"]
 
 
@@ -155,3 +155,10 @@ class Section(BaseModel):
     @classmethod
     def _readable(cls, v: Path | None) -> Path | None:
         return None if v is None else check_readable(v)
+
+
+def check_backoff(section: BaseModel, low: str, high: str) -> None:
+    """A backoff's bounds: ``high`` may not be below ``low`` (the backoff doubles from
+    one to the other), said of ``high``."""
+    if getattr(section, high) < getattr(section, low):
+        raise Fault(high, f"is below {low}")

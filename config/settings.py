@@ -39,6 +39,7 @@ from config.sections import (
     SECRET_QUERY,
     Fault,
     Section,
+    check_backoff,
     check_tls,
     from_file,
     read_file,
@@ -97,8 +98,7 @@ class MqttSettings(Section):
     def _files(self) -> MqttSettings:
         from_file(self, "password")
         check_tls(self.ca_file, self.cert_file, self.key_file)
-        if self.reconnect_max_s < self.reconnect_min_s:  # the backoff needs min <= max
-            raise Fault("reconnect_max_s", "is below reconnect_min_s")
+        check_backoff(self, "reconnect_min_s", "reconnect_max_s")
         return self
 
 
@@ -184,8 +184,7 @@ class IngestSettings(Section):
 
     @model_validator(mode="after")
     def _pauses(self) -> IngestSettings:
-        if self.pause_max_s < self.pause_min_s:  # the backoff needs min <= max
-            raise Fault("pause_max_s", "is below pause_min_s")
+        check_backoff(self, "pause_min_s", "pause_max_s")
         return self
 
 
@@ -208,9 +207,14 @@ class ProcessingSettings(Section):
     pause_min_s: float = Field(0.5, gt=0)
     pause_max_s: float = Field(5.0, gt=0)
 
-    # Issue 14: a reading that arrives when its item already has a reading more than
+    # A reading that arrives when its item already has a reading more than
     # this much later is flagged out_of_line (a clock error or a stray old value).
     out_of_line_s: float = Field(30 * 86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _pauses(self) -> ProcessingSettings:
+        check_backoff(self, "pause_min_s", "pause_max_s")
+        return self
 
     @property
     def zone(self) -> ZoneInfo:

@@ -17,6 +17,7 @@ from pydantic import (
 from config.sections import (
     Fault,
     Section,
+    check_backoff,
     check_readable,
     check_target_tls,
     check_tls,
@@ -141,8 +142,7 @@ class TargetSettings(Section):
                          "must be at least 16 printable ASCII characters")
         check_tls(self.ca_file, self.cert_file, self.key_file)
         check_target_tls(self.pkcs12_file, secret_value(self.pkcs12_password), self.tls_ciphers)
-        if self.backoff_max_s < self.backoff_min_s:
-            raise ValueError("backoff_max_s is below backoff_min_s")
+        check_backoff(self, "backoff_min_s", "backoff_max_s")
         return self
 
 
@@ -159,3 +159,8 @@ class UplinkSettings(Section):
     # long, doubling up to pause_max_s.
     pause_min_s: float = Field(0.5, gt=0)
     pause_max_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _pauses(self) -> UplinkSettings:
+        check_backoff(self, "pause_min_s", "pause_max_s")
+        return self

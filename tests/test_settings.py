@@ -45,3 +45,21 @@ def test_missing_and_broken_config_files(tmp_path) -> None:
     with pytest.raises(SettingsError) as e:
         load_settings(bad)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"NHJC_MQTT__RECONNECT_MAX_S": "0.1"}, "mqtt.reconnect_max_s"),
+    ({"NHJC_INGEST__PAUSE_MAX_S": "0.1"}, "ingest.pause_max_s"),
+    ({"NHJC_PROCESSING__PAUSE_MAX_S": "0.1"}, "processing.pause_max_s"),
+    ({"NHJC_UPLINK__PAUSE_MAX_S": "0.1"}, "uplink.pause_max_s"),
+    ({"NHJC_UPLINK__TARGETS__P__URL": "http://x", "NHJC_UPLINK__TARGETS__P__BACKOFF_MAX_S": "0.1"},
+     "uplink.targets.p.backoff_max_s"),
+])
+def test_every_backoff_refuses_a_maximum_below_its_minimum(monkeypatch, env, named) -> None:
+    """Each backoff doubles from its minimum to its maximum: a maximum below it is named
+    at load, not found by a stage at run time."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SettingsError) as e:
+        load_settings()
+    assert f"bad setting {named} " in str(e.value) and "is below" in str(e.value)
