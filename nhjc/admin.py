@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -19,6 +21,8 @@ from runtime.migrate import migrate
 
 __all__ = ["main_enterprises", "main_items", "main_migrate"]
 
+T = TypeVar("T")
+
 
 def main_migrate(args: argparse.Namespace, settings: Settings) -> int:
     try:
@@ -30,13 +34,18 @@ def main_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def configure_items(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="items_command", required=True, metavar="ACTION")
-    load = sub.add_parser("load", help="load data items from a JSON file (an array of items, each with its enterprise)")
+def _add_load(sub: Any, help_: str) -> None:
+    """The ``load FILE [--encoding]`` action, the same for every registry."""
+    load = sub.add_parser("load", help=help_)
     load.add_argument("file", type=Path)
     load.add_argument("--encoding", default=None,
                       help="the file's text encoding (default utf-8, a BOM allowed); e.g. gb18030 for a file "
                            "saved by a Chinese Windows tool")
+
+
+def configure_items(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="items_command", required=True, metavar="ACTION")
+    _add_load(sub, "load data items from a JSON file (an array of items, each with its enterprise)")
 
 
 class _Refused(Exception):
@@ -50,18 +59,22 @@ def _read(path: Path) -> bytes:
         raise _Refused(str(exc)) from None
 
 
-async def _load(dsn: str, path: Path, encoding: str | None) -> int:
-    items = parse_items_file_bytes(_read(path), encoding)
+async def _load(dsn: str, path: Path, encoding: str | None,
+                parse: Callable[[bytes, str | None], list[T]],
+                store: Callable[[asyncpg.Connection, list[T], str], Awaitable[int]]) -> int:
+    """Read and check the whole file first, then store it in one call: all or nothing."""
+    entries = parse(_read(path), encoding)
     conn = await asyncpg.connect(dsn)
     try:
-        return await upsert_items(conn, items, f"file:{path.name}")
+        return await store(conn, entries, f"file:{path.name}")
     finally:
         await conn.close()
 
 
 def main_items(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        changed = asyncio.run(_load(settings.database.dsn(), args.file, args.encoding))
+        changed = asyncio.run(_load(settings.database.dsn(), args.file, args.encoding,
+                                    parse_items_file_bytes, upsert_items))
     except _Refused as exc:
         return _fail(str(exc))
     except ItemsError as exc:
@@ -85,21 +98,8 @@ def _fail(message: str, command: str = "items load") -> int:
 
 def configure_enterprises(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="enterprises_command", required=True, metavar="ACTION")
-    load = sub.add_parser("load", help="load enterprises from a JSON file (an array; docs/enterprises.md)")
-    load.add_argument("file", type=Path)
-    load.add_argument("--encoding", default=None,
-                      help="the file's text encoding (default utf-8, a BOM allowed); e.g. gb18030 for a file "
-                           "saved by a Chinese Windows tool")
+    _add_load(sub, "load enterprises from a JSON file (an array; docs/enterprises.md)")
     sub.add_parser("list", help="list the registry (credentials shown only as set, never their values)")
-
-
-async def _load_enterprises(dsn: str, path: Path, encoding: str | None) -> int:
-    specs = parse_enterprises_file_bytes(_read(path), encoding)
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await upsert_enterprises(conn, specs, f"file:{path.name}")
-    finally:
-        await conn.close()
 
 
 async def _list_enterprises(dsn: str) -> list[str]:
@@ -132,7 +132,8 @@ def main_enterprises(args: argparse.Namespace, settings: Settings) -> int:
             for line in asyncio.run(_list_enterprises(settings.database.dsn())):
                 print(line)
             return 0
-        changed = asyncio.run(_load_enterprises(settings.database.dsn(), args.file, args.encoding))
+        changed = asyncio.run(_load(settings.database.dsn(), args.file, args.encoding,
+                                    parse_enterprises_file_bytes, upsert_enterprises))
     except _Refused as exc:
         return _fail(str(exc), command)
     except EnterprisesError as exc:
