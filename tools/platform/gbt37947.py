@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from tools.platform.checks import check_config_item, check_profile
-from tools.platform.state import Handler, Platform, bad, enterprise_of, reply
+from tools.platform.state import Handler, Platform, bad, dictionary_reply, enterprise_of, reply
 
 __all__ = ["Gbt37947", "check_region"]
 
@@ -77,11 +77,7 @@ class Gbt37947:
         return self.p.ok()
 
     async def dictionary(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        device = body.get("deviceId")
-        if device not in self.p.state.devices.values():
-            return bad(f"deviceId {device!r} is not registered")
-        self.p.state.dictionary_checks += 1
-        return self.p.ok(regVersion=self.p.mode.reg_version, dicVersion=self.p.mode.dic_version)
+        return dictionary_reply(self.p, body)
 
     async def data(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         if (refused := self.p.device_problem(body)) is not None:

@@ -29,6 +29,7 @@ from tools.platform.state import (
     Handler,
     Platform,
     bad,
+    dictionary_reply,
     enterprise_of,
     reply,
 )
@@ -81,11 +82,7 @@ class Shandong:
                          secretKey=st.keys[enterprise].hex())
 
     async def dictionary(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        device = body.get("deviceId")
-        if device not in self.p.state.devices.values():
-            return bad(f"deviceId {device!r} is not registered")
-        self.p.state.dictionary_checks += 1
-        return self.p.ok(regVersion=self.p.mode.reg_version, dicVersion=self.p.mode.dic_version)
+        return dictionary_reply(self.p, body)
 
     async def data(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         if (refused := self.p.device_problem(body)) is not None:

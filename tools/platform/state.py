@@ -24,6 +24,7 @@ __all__ = [
     "State",
     "Stored",
     "bad",
+    "dictionary_reply",
     "enterprise_of",
     "reply",
 ]
@@ -175,3 +176,12 @@ def enterprise_of(body: dict[str, Any]) -> str | web.Response:
     if (problem := check_enterprise(code)) is not None:
         return bad(problem)
     return str(code)
+
+
+def dictionary_reply(p: Platform, body: dict[str, Any]) -> web.Response:
+    """The dictionary-version call, as gbt37947 and shandong answer it."""
+    device = body.get("deviceId")
+    if device not in p.state.devices.values():
+        return bad(f"deviceId {device!r} is not registered")
+    p.state.dictionary_checks += 1
+    return p.ok(regVersion=p.mode.reg_version, dicVersion=p.mode.dic_version)
