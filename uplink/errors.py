@@ -43,7 +43,6 @@ REASONS = (
     "http_429",
     "http_other",     # 1xx/3xx: a platform misconfiguration, not the record's fault
     "busy",           # HTTP 200 with a failure the platform says is passing (busy, try later)
-    "response_code",  # kept for callers that still name it; adapters no longer raise it
     "bad_reply",      # 2xx with a body we cannot use (not JSON, fields missing)
     "auth",           # token or password refused
     "register",       # registration refused: the enterprise is unknown to the platform
