@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,7 @@ def service(root: Path, port: int, dsn: str, client_id: str) -> ServiceProcess:
                           log_level="WARNING", root=root)
 
 
-def drain(root: Path, port: int, dsn: str, client_id: str, n: int) -> dict[str, float]:
+def drain(root: Path, port: int, dsn: str, client_id: str, n: int, profile: Path | None) -> dict[str, float]:
     """``nhjc run`` draining the backlog queued for ``client_id``: readings/s from its
     readiness to the last reading accepted, peak RSS and CPU, and the seconds after that
     until the aggregator has worked off its pending rows."""
@@ -71,6 +72,11 @@ def drain(root: Path, port: int, dsn: str, client_id: str, n: int) -> dict[str, 
     assert svc.proc is not None
     sampler = RssSampler(svc.proc.pid)
     sampler.start()
+    spy = None
+    if profile is not None:  # py-spy (the bench extra) samples the service; collapsed stacks
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                str(svc.proc.pid), "--format", "raw", "--rate", "250", "--nonblocking",
+                                "--output", str(profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         svc.wait_ready(60)
         t0 = time.perf_counter()
@@ -79,6 +85,9 @@ def drain(root: Path, port: int, dsn: str, client_id: str, n: int) -> dict[str, 
             time.sleep(0.05)
         secs = time.perf_counter() - t0
         cpu = sampler.cpu_s - cpu0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         deadline = time.perf_counter() + 600
         while count(dsn, "SELECT count(*) FROM pending_recompute") and time.perf_counter() < deadline:
             time.sleep(0.2)
@@ -93,7 +102,8 @@ def drain(root: Path, port: int, dsn: str, client_id: str, n: int) -> dict[str, 
             "cpu": cpu / secs, "aggregated": aggregated}
 
 
-def workload(name: str, backlog: Backlog, roots: dict[str, Path], limits: bool) -> list[Row]:
+def workload(name: str, backlog: Backlog, roots: dict[str, Path], limits: bool,
+             profile: Path | None = None) -> list[Row]:
     rows: list[Row] = []
     n = backlog.readings
     with tempfile.TemporaryDirectory(prefix="nhjc-run-") as tmp:
@@ -126,7 +136,8 @@ def workload(name: str, backlog: Backlog, roots: dict[str, Path], limits: bool) 
                     rows.append((name, f"{what} into readings", f"{n / secs:,.0f} rows/s", "10,000-row commits"))
                     print(f"{name}: {what} {n / secs:,.0f} rows/s", flush=True)
             for label, root in roots.items():
-                r = drain(root, broker.port, dsns[label], f"nhjc-{label}", n)
+                spy = None if profile is None else profile.with_name(f"{profile.name}-{name}-{label}.txt")
+                r = drain(root, broker.port, dsns[label], f"nhjc-{label}", n, spy)
                 print(f"{name}: nhjc run ({label}) {r['rate']:,.0f} readings/s", flush=True)
                 ratios = [f"{r['rate'] / bare:.2f} of bare paho"]
                 for _, what, figure, _ in rows:
@@ -173,6 +184,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="shrink W2 and W3 (0.1: a tenth)")
     ap.add_argument("--before", type=Path, help="another checkout whose nhjc run is measured too")
     ap.add_argument("--w1", action="store_true", help="also the 10-minute province steady state")
+    ap.add_argument("--profile", type=Path, help="py-spy the drains: collapsed stacks to PROFILE-W2-this.txt...")
     ap.add_argument("--only", choices=["w2", "w3", "aggregator"], action="append",
                     help="run only these parts (repeatable)")
     args = ap.parse_args()
@@ -185,9 +197,11 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows: list[Row] = []
     if "w2" in only:
-        rows += workload("W2", Backlog(round(40_000 * args.scale), 50, ENTERPRISES, ITEMS), roots, limits=True)
+        rows += workload("W2", Backlog(round(40_000 * args.scale), 50, ENTERPRISES, ITEMS), roots, limits=True,
+                         profile=args.profile)
     if "w3" in only:
-        rows += workload("W3", Backlog(round(100_000 * args.scale), 1, ENTERPRISES, ITEMS), roots, limits=False)
+        rows += workload("W3", Backlog(round(100_000 * args.scale), 1, ENTERPRISES, ITEMS), roots, limits=False,
+                         profile=args.profile)
     if "aggregator" in only:
         rows += aggregator_rows(roots)
     if args.w1:

@@ -301,8 +301,11 @@ class Aggregator:
         ents, codes = item_keys(items, t_item)
         k = np.arange(len(key), dtype=np.int32).tolist()
         inst = (items.kind[t_item] == INSTANT).tolist()
+        # (A failure rolls the transaction back, and the setting with it.)
+        await conn.execute(sql.EXCLUSION_OFF)
         sums = await conn.fetch(sql.CHILDREN, k, ents, codes, t_lo.tolist(), t_hi.tolist(), inst,
-                                tier - 1, self._zone.key)
+                                tier - 1, self._zone.key, int(t_lo.min()), int(t_hi.max()))
+        await conn.execute(sql.EXCLUSION_ON)
         sk = np.fromiter((r[0] for r in sums), np.int64, len(sums))
         summed = PeriodRows(
             tier - 1, t_item[sk], t_lo[sk], t_hi[sk],
