@@ -85,6 +85,8 @@ def drain(root: Path, port: int, dsn: str, client_id: str, n: int, profile: Path
             time.sleep(0.05)
         secs = time.perf_counter() - t0
         cpu = sampler.cpu_s - cpu0
+        commits = svc.metric("nhjc_commit_seconds_count")
+        commit_s = svc.metric("nhjc_commit_seconds_sum")
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -99,7 +101,8 @@ def drain(root: Path, port: int, dsn: str, client_id: str, n: int, profile: Path
         sampler.stop()
         svc.stop(timeout=60)
     return {"rate": n / secs, "secs": secs, "startup": t0 - t_start, "rss": sampler.peak_mb,
-            "cpu": cpu / secs, "aggregated": aggregated}
+            "cpu": cpu / secs, "aggregated": aggregated, "commits": commits,
+            "commit_ms": commit_s / max(commits, 1) * 1000, "committing": commit_s / secs}
 
 
 def workload(name: str, backlog: Backlog, roots: dict[str, Path], limits: bool,
@@ -147,6 +150,9 @@ def workload(name: str, backlog: Backlog, roots: dict[str, Path], limits: bool,
                 rows.append((name, f"nhjc run ({label})", f"{r['rate']:,.0f} readings/s", "; ".join(ratios)))
                 rows.append((name, f"nhjc run ({label}): memory, CPU", f"peak RSS {r['rss']:.0f} MB",
                              f"{r['cpu']:.2f} cores while draining; start-up {r['startup']:.1f} s"))
+                rows.append((name, f"nhjc run ({label}): commits", f"{r['commits']:,.0f} commits",
+                             f"{n / max(r['commits'], 1):,.0f} readings and {r['commit_ms']:.1f} ms each; "
+                             f"committing {r['committing'] * 100:.0f} % of the time"))
                 rows.append((name, f"nhjc run ({label}): aggregated", f"{n / r['aggregated']:,.0f} readings/s",
                              f"every pending row done {r['aggregated']:.1f} s after readiness"))
         finally:
