@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 import numpy as np
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -98,7 +99,7 @@ class Backlog:
 
 
 def _client(port: int, client_id: str, **kw: object) -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, **kw)  # type: ignore[arg-type]
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, **kw)  # type: ignore[arg-type]
     c.max_inflight_messages_set(2000)
     c.max_queued_messages_set(0)
     return c

@@ -171,7 +171,7 @@ class IngestSettings(Section):
     # sends no more until some are acknowledged (its in-flight limit), or the gateways
     # have said all for now.
     batch_rows: int = Field(10_000, ge=1, le=1_000_000)
-    batch_messages: int = Field(250, ge=1, le=65_535)
+    batch_messages: int = Field(500, ge=1, le=65_535)
     batch_ms: int = Field(200, ge=1, le=60_000)
     batch_idle_ms: int = Field(10, ge=1, le=60_000)
     max_frame_bytes: int = Field(256 * 1024, ge=1024)

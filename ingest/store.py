@@ -1,11 +1,11 @@
 """The TimescaleDB store for accepted readings and quarantine rows.
 
 A batch is written in one transaction.  Its readings (the COPY data built with numpy,
-no per-row Python) go first by binary COPY straight into ``readings``, in a savepoint:
-the usual batch holds only new keys, and that is the cheapest write the table allows
-(about twice the upsert's rate).  Should a key be stored already (a redelivered
-message, a gateway's correction), the savepoint is rolled back and the batch goes the
-careful way: COPY into a temporary staging table, then into ``readings`` with ON
+no per-row Python) go first by binary COPY straight into ``readings``: the usual batch
+holds only new keys, and that is the cheapest write the table allows (about twice the
+upsert's rate).  Should a key be stored already (a redelivered message, a gateway's
+correction), that transaction is rolled back and the batch goes the careful way in a
+new one: COPY into a temporary staging table, then into ``readings`` with ON
 CONFLICT on (enterprise, code, ts), so a redelivered message never fails a batch; the
 next batch goes that way too, and the direct COPY is tried again after a batch that
 had no stored keys.  Every item whose readings changed gets a ``pending_recompute``
@@ -175,14 +175,20 @@ class Store:
 
     async def write(self, batch: ReadingBatch) -> int:
         """Commit the batch's readings and quarantine rows; return readings written or changed."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            written = 0
-            if len(batch.rows):
-                rows = last_per_key(batch.rows)
-                new = self._direct and await _copy_new(conn, rows)
-                if new:
-                    written = len(rows)
-                else:
+        rows = last_per_key(batch.rows)
+        async with self._pool.acquire() as conn:
+            if len(rows) and self._direct:
+                try:
+                    async with conn.transaction():
+                        await _copy_new(conn, rows)
+                        if batch.quarantine:
+                            await write_quarantine(conn, batch.quarantine)
+                        return len(rows)
+                except asyncpg.UniqueViolationError:
+                    pass  # rolled back whole: the careful way, in a transaction of its own
+            async with conn.transaction():
+                written = 0
+                if len(rows):
                     await conn.execute(_STAGING)
                     await conn.copy_to_table("nhjc_staging", source=io.BytesIO(copy_data(rows)), format="binary")
                     written = int(await conn.fetchval(_MERGE))
@@ -190,23 +196,18 @@ class Store:
                     # by more of them, usually: the direct COPY is tried again only after
                     # a batch that wrote every reading.
                     self._direct = written == len(rows)
-            if batch.quarantine:
-                await write_quarantine(conn, batch.quarantine)
-            return int(written)
+                if batch.quarantine:
+                    await write_quarantine(conn, batch.quarantine)
+                return written
 
 
-async def _copy_new(conn: asyncpg.Connection, rows: np.ndarray) -> bool:
-    """COPY ``rows`` straight into ``readings`` and queue their items' recomputation, in
-    a savepoint; False (nothing written) when a key is stored already."""
-    try:
-        async with conn.transaction():
-            await conn.copy_to_table("readings", source=io.BytesIO(copy_data(rows, timestamps=True)),
-                                     columns=_COLUMNS, format="binary")
-            await conn.copy_to_table("pending_recompute", source=io.BytesIO(pending_data(rows)),
-                                     columns=["enterprise", "code", "from_ts", "to_ts"], format="binary")
-    except asyncpg.UniqueViolationError:
-        return False
-    return True
+async def _copy_new(conn: asyncpg.Connection, rows: np.ndarray) -> None:
+    """COPY ``rows`` straight into ``readings`` and queue their items' recomputation;
+    UniqueViolationError when a key is stored already."""
+    await conn.copy_to_table("readings", source=io.BytesIO(copy_data(rows, timestamps=True)),
+                             columns=_COLUMNS, format="binary")
+    await conn.copy_to_table("pending_recompute", source=io.BytesIO(pending_data(rows)),
+                             columns=["enterprise", "code", "from_ts", "to_ts"], format="binary")
 
 
 async def write_quarantine(conn: asyncpg.Connection, rows: list[Quarantined]) -> None:
