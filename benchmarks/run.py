@@ -190,8 +190,9 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="shrink W2 and W3 (0.1: a tenth)")
     ap.add_argument("--before", type=Path, help="another checkout whose nhjc run is measured too")
     ap.add_argument("--w1", action="store_true", help="also the 10-minute province steady state")
+    ap.add_argument("--w1-minutes", type=float, default=10, help="how long W1 publishes (a shorter check)")
     ap.add_argument("--profile", type=Path, help="py-spy the drains: collapsed stacks to PROFILE-W2-this.txt...")
-    ap.add_argument("--only", choices=["w2", "w3", "aggregator"], action="append",
+    ap.add_argument("--only", choices=["w2", "w3", "aggregator", "none"], action="append",
                     help="run only these parts (repeatable)")
     args = ap.parse_args()
     roots = {"this": PROJECT_ROOT}
@@ -212,7 +213,7 @@ def main() -> None:
         rows += aggregator_rows(roots)
     if args.w1:
         from benchmarks.steady import steady_rows
-        rows += steady_rows(roots)
+        rows += steady_rows(roots, args.w1_minutes)
     print(f"\n{started}, scale {args.scale}, load average at the end {Path('/proc/loadavg').read_text().split()[:3]}")
     print(table(rows))
 
