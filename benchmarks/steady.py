@@ -115,9 +115,10 @@ def steady_rows(roots: dict[str, Path], minutes: float = 10) -> list[tuple[str, 
                 svc.stop(timeout=60)
                 late = np.array([r[0] for r in query(
                     dsn, "SELECT extract(epoch FROM computed_at - period_start) - 900 FROM consumption "
-                    "WHERE stat_type = 0 AND code <> '0000' AND period_start >= to_timestamp(%s) "
+                    "WHERE stat_type = 0 AND code <> '0000' "
+                    "AND period_start + interval '15 minutes' > to_timestamp(%s) "
                     "AND period_start + interval '15 minutes' <= to_timestamp(%s)",
-                    started, started + minutes * 60)], float)
+                    started + 60, started + minutes * 60)], float)
                 closed = f"p99 {np.percentile(late, 99):.0f} s, p50 {np.percentile(late, 50):.0f} s" \
                     if len(late) else "no period closed"
                 rows += [
