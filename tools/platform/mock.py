@@ -9,6 +9,8 @@ A real HTTP(S) server (aiohttp).  The protocol calls are the flavour's
 ``GET  /_stats``           what it received: counts, resends, rejections, mode
 ``GET  /_records``         every distinct record received, with its resend count
 ``GET  /_configs``         the last item configuration per enterprise (gbt37947)
+``GET  /_meters``          the measuring instruments: every call taken, and the
+                           instruments held per enterprise by dataIndex
 ``GET|POST /_control``     read or change the behaviour (see :class:`Mode`); POST
                            also takes the actions ``expire_tokens`` (yunnan: every
                            token refused from now on) and ``rotate_keys`` (shandong:
@@ -133,6 +135,7 @@ class MockPlatform:
         app.router.add_get("/_stats", self._stats)
         app.router.add_get("/_records", self._records)
         app.router.add_get("/_configs", self._configs)
+        app.router.add_get("/_meters", self._meters)
         app.router.add_get("/_control", self._get_control)
         app.router.add_post("/_control", self._post_control)
         app.router.add_post("/_reset", self._reset)
@@ -265,6 +268,10 @@ class MockPlatform:
     async def _configs(self, request: web.Request) -> web.Response:
         return web.json_response(self.state.configs, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
+    async def _meters(self, request: web.Request) -> web.Response:
+        return web.json_response({"calls": self.state.meter_calls, "gauges": self.state.gauges},
+                                 dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
     async def _get_control(self, request: web.Request) -> web.Response:
         return web.json_response(asdict(self.mode))
 
@@ -336,7 +343,8 @@ def configure_mock_platform(parser: argparse.ArgumentParser) -> None:
                         help="refuse records with this dataCode with HTTP 200, responseCode 1 (repeatable)")
     parser.add_argument("--fail-after", type=int, metavar="N", help="go down after N more data requests")
     parser.add_argument("--only", action="append", default=[], metavar="CALL",
-                        help="limit injected failures to this call: register, config, dictionary, data")
+                        help="limit injected failures to this call: register, config, dictionary, data,"
+                             " gauge, gauge_verify, gauge_replace, metering")
 
 
 def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
