@@ -106,6 +106,6 @@ def main_uplink(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(command, database_problem(exc, settings.database))
     except Exception as exc:  # never a traceback, and never an exception's text
         return _fail(command, f"not done ({type(exc).__name__})")
-    print(f"{n} rejected record(s) and instrument row(s) of {args.enterprise} at {args.target} pending again,"
-          " due now")
+    # n counts refused instrument rows too
+    print(f"{n} rejected record(s) of {args.enterprise} at {args.target} pending again, due now")
     return 0

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.meter_rows import add_meter, add_replacement, add_verification
 from tests.test_uplink_delivery import NOW, count, uplink_for
+from tests.test_uplink_rejected import nhjc
 from tests.test_uplink_support import (
     E1,
     E2,
@@ -226,6 +227,16 @@ async def test_gbt37947_without_metering_url_sends_nothing_visibly(db: str, conn
         assert {(r.ser_no, r.status, r.reason) for r in listed} == {("M1", 0, "not_taken"), ("M2", 0, "not_taken")}
         assert "centerMeteringDataUrl" in listed[0].message
         assert count(registry, "nhjc_uplink_meter_rejected_total", target="a", reason="not_taken") == 2
+    # The command lists them as a second table after the (empty) records one.
+    r = nhjc(db, "uplink", "rejected")
+    assert r.returncode == 0, r.stderr
+    records, meters = r.stdout.split("\n\n")
+    assert len(records.splitlines()) == 1  # the header only: no record was refused
+    header, *lines = meters.splitlines()
+    assert header.split("\t") == ["target", "enterprise", "serNo", "kind", "ref", "rejected", "status", "reason",
+                                   "message"]
+    assert sorted(tuple(line.split("\t")[:5]) + tuple(line.split("\t")[6:8]) for line in lines) == [
+        ("a", E1, "M1", "gauge", "-", "0", "not_taken"), ("a", E1, "M2", "gauge", "-", "0", "not_taken")]
 
 
 async def test_shandong_takes_no_instruments(db: str, conn: asyncpg.Connection) -> None:
