@@ -33,6 +33,7 @@ from tests.test_uplink_support import (
 from tools.clock import FakeClock
 from tools.platform.mock import MockPlatform, Mode
 from tools.platform.targets import local, target
+from uplink.adapters.meters import operation
 from uplink.rejected import meter_rejections, resend
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -246,3 +247,27 @@ async def test_shandong_takes_no_instruments(db: str, conn: asyncpg.Connection) 
             uplink_for(db, {"s": target(p.url, flavour="shandong")}, clock) as up, running(up):
         await loops(up, 3)
         assert await rows(db, "s") == {} and p.state.meter_calls == []
+
+
+async def test_yunnan_token_refused_registers_again_and_sends_once(db: str, conn: asyncpg.Connection) -> None:
+    await two_meters(conn)
+    clock, registry = FakeClock(NOW), CollectorRegistry()
+    async with MockPlatform(name="y", flavour="yunnan") as p, \
+            uplink_for(db, {"y": target(p.url, flavour="yunnan")}, clock, registry) as up, running(up):
+        await wait_until(functools.partial(settled, db, "y", 2), "two instruments added", clock=clock)
+        index = (await rows(db, "y"))[(E1, "M1", "gauge", "")]["data_index"]
+        p.expire_tokens()  # the token the uplink holds is refused from now on
+        await add_meter(conn, E1, "M1", data_codes=[POWER], install_place="2# 配电室")
+        await wait_until(lambda: _has(p, ("gauge", "update", "M1", index)), "the update, with a new token",
+                         clock=clock)
+        await wait_until(functools.partial(settled, db, "y", 2), "the update acknowledged", clock=clock)
+        assert p.state.tokens_issued == 2
+        assert count(registry, "nhjc_uplink_refreshes_total", target="y", reason="token_refused") == 1
+        assert [c for c in calls(p) if c[1] == "update"] == [("gauge", "update", "M1", index)]
+
+
+@pytest.mark.parametrize(("retired", "data_index", "expected"), [
+    (False, None, "add"), (False, "G1", "update"), (True, "G1", "delete"), (True, None, None)])
+async def test_yunnan_operation(retired: bool, data_index: str | None, expected: str | None) -> None:
+    assert operation("gauge", retired=retired, data_index=data_index) == expected
+    assert operation("verify", retired=retired, data_index=data_index) is None
