@@ -8,6 +8,7 @@ sends only what was not acknowledged."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
@@ -16,6 +17,8 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ingest.meters import upsert_meters
+from ingest.meterspec import parse_meters_file_bytes
 from tests.meter_rows import add_meter, add_replacement, add_verification
 from tests.test_uplink_delivery import NOW, count, uplink_for
 from tests.test_uplink_rejected import nhjc
@@ -271,3 +274,39 @@ async def test_yunnan_token_refused_registers_again_and_sends_once(db: str, conn
 async def test_yunnan_operation(retired: bool, data_index: str | None, expected: str | None) -> None:
     assert operation("gauge", retired=retired, data_index=data_index) == expected
     assert operation("verify", retired=retired, data_index=data_index) is None
+
+
+def _file(*entries: dict[str, Any]) -> bytes:
+    return json.dumps(list(entries), ensure_ascii=False).encode()
+
+
+_M1 = {"enterprise": E1, "serNo": "M1", "meterName": "1# 主变进线电能表", "meterLevel": 1, "dataCode": POWER,
+       "precisionLevel": "0.5S", "alignState": "verified", "alignCycle": 12, "lastAlignDate": "2026-03-01",
+       "nextAlignDate": "2027-02-28", "alignOrg": "云南省计量院"}
+_M2 = {"enterprise": E1, "serNo": "M2", "meterName": "天然气总表", "meterLevel": 1, "dataCode": GAS,
+       "alignState": "none"}
+
+
+async def test_through_the_registry_loader(db: str, conn: asyncpg.Connection) -> None:
+    """The registry's own loader writes the tables; Yunnan gets what each load changed."""
+    await upsert_meters(conn, parse_meters_file_bytes(_file(_M1, _M2)), "first.json")
+    clock = FakeClock(NOW)
+    async with MockPlatform(name="y", flavour="yunnan") as p, \
+            uplink_for(db, {"y": target(p.url, flavour="yunnan")}, clock) as up, running(up):
+        await wait_until(functools.partial(settled, db, "y", 3), "two instruments and M1's period", clock=clock)
+        index = {k[1]: r["data_index"] for k, r in (await rows(db, "y")).items() if k[2] == "gauge"}
+        assert calls(p) == [("gauge", "add", "M1", None), ("gauge", "add", "M2", None),
+                            ("gauge_verify", None, "M1", index["M1"])]
+        # Verified again, and M2 replaced by M3: one load, all or nothing.
+        m1 = {**_M1, "lastAlignDate": "2027-02-20", "nextAlignDate": "2028-02-19"}
+        m3 = {**_M2, "serNo": "M3", "replaces": {"serNo": "M2", "time": "2026-11-20T10:00:00+08:00",
+                                                 "oldFinal": 1234.5, "newInitial": 0.25}}
+        await upsert_meters(conn, parse_meters_file_bytes(_file(m1, m3)), "second.json")
+        await wait_until(functools.partial(settled, db, "y", 6), "what the second load changed", clock=clock)
+        await loops(up)
+        index["M3"] = (await rows(db, "y"))[(E1, "M3", "gauge", "")]["data_index"]
+        assert sorted(calls(p)[3:]) == [("gauge", "add", "M3", None), ("gauge", "update", "M1", index["M1"]),
+                                        ("gauge_replace", None, "M3", index["M3"]),
+                                        ("gauge_verify", None, "M1", index["M1"])]
+        assert set(p.state.gauges[E1]) == {index["M1"], index["M2"], index["M3"]}  # replaced, not deleted
+        assert p.state.gauges[E1][index["M1"]]["nextAlignDate"] == "2028-02-19"
