@@ -54,7 +54,7 @@ SELECT u.k, m.align_state, f.since, {_us('least(m.retired_at, o.until)')} AS unt
   (SELECT array_agg({_us("((v.valid_until + 1)::timestamp AT TIME ZONE $4)")} ORDER BY v.valid_from)
      FROM meter_verifications v WHERE v.enterprise = m.enterprise AND v.ser_no = m.ser_no) AS hi
 FROM unnest($1::int4[], $2::text[], $3::text[]) AS u(k, e, c)
-JOIN meters m ON m.enterprise = u.e AND u.c = ANY(m.data_codes)
+JOIN meters m ON m.enterprise = u.e AND m.data_codes @> ARRAY[u.c]
 CROSS JOIN LATERAL (SELECT {_us('max(r.replaced_at)')} AS since FROM meter_replacements r
                     WHERE r.enterprise = u.e AND r.code = u.c AND r.new_ser_no = m.ser_no) AS f
 CROSS JOIN LATERAL (SELECT min(r.replaced_at) AS until FROM meter_replacements r
