@@ -341,6 +341,10 @@ def configure_mock_platform(parser: argparse.ArgumentParser) -> None:
                         help="reject records with this dataCode with HTTP 400 (repeatable)")
     parser.add_argument("--refuse-code", action="append", default=[], metavar="DATACODE",
                         help="refuse records with this dataCode with HTTP 200, responseCode 1 (repeatable)")
+    parser.add_argument("--reject-meter", action="append", default=[], metavar="SERNO",
+                        help="reject instrument calls for this serNo with HTTP 400 (repeatable)")
+    parser.add_argument("--no-metering-url", action="store_true",
+                        help="gbt37947: leave centerMeteringDataUrl out of the register reply")
     parser.add_argument("--fail-after", type=int, metavar="N", help="go down after N more data requests")
     parser.add_argument("--only", action="append", default=[], metavar="CALL",
                         help="limit injected failures to this call: register, config, dictionary, data,"
@@ -362,6 +366,7 @@ async def _serve(args: argparse.Namespace, pins: dict[str, str]) -> None:
     mode = Mode(down=args.down, slow_s=args.slow, fail_status=args.fail_status, fail_code=args.fail_code,
                 busy=args.busy, reject=args.reject, reject_codes=list(args.reject_code),
                 refuse_codes=list(args.refuse_code), fail_after=args.fail_after, only=list(args.only),
+                reject_meters=list(args.reject_meter), metering_url=not args.no_metering_url,
                 upload_time=args.upload_time, token_ttl_s=args.token_ttl)
     platform = MockPlatform(name=args.name, flavour=args.flavour, host=args.host, port=args.port,
                             ssl_context=_server_ssl(args), mode=mode, secret=args.secret, pins=pins,
