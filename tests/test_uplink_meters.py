@@ -22,6 +22,7 @@ from ingest.meterspec import parse_meters_file_bytes
 from tests.meter_rows import add_meter, add_replacement, add_verification
 from tests.test_uplink_delivery import NOW, count, uplink_for
 from tests.test_uplink_rejected import nhjc
+from tests.test_uplink_stage import FakeAdapter, fake_target
 from tests.test_uplink_support import (
     E1,
     E2,
@@ -36,7 +37,8 @@ from tests.test_uplink_support import (
 from tools.clock import FakeClock
 from tools.platform.mock import MockPlatform, Mode
 from tools.platform.targets import local, target
-from uplink.adapters.meters import operation
+from uplink.adapters import Enterprise, Registration
+from uplink.adapters.meters import MeterCall, MeterKind, MeterReply, operation
 from uplink.rejected import meter_rejections, resend
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -310,3 +312,34 @@ async def test_through_the_registry_loader(db: str, conn: asyncpg.Connection) ->
                                         ("gauge_verify", None, "M1", index["M1"])]
         assert set(p.state.gauges[E1]) == {index["M1"], index["M2"], index["M3"]}  # replaced, not deleted
         assert p.state.gauges[E1][index["M1"]]["nextAlignDate"] == "2028-02-19"
+
+
+class MeterFake(FakeAdapter):
+    """The in-memory platform, taking instrument records; a bug met with one enterprise."""
+
+    meter_kinds: frozenset[MeterKind] = frozenset({"gauge"})
+
+    def __init__(self, broken: str) -> None:
+        super().__init__()
+        self.broken = broken
+        self.meters: list[tuple[str, str]] = []
+
+    async def send_meter(self, enterprise: Enterprise, registration: Registration, call: MeterCall) -> MeterReply:
+        if enterprise.code == self.broken:
+            raise KeyError("a bug met with this enterprise's instruments")
+        self.meters.append((enterprise.code, call.ser_no))
+        return MeterReply(data_index=f"i-{call.ser_no}")
+
+
+async def test_a_bug_with_one_enterprise_costs_that_enterprise_alone(db: str, conn: asyncpg.Connection) -> None:
+    await two_meters(conn)
+    await two_meters(conn, E2)
+    clock, registry, fake = FakeClock(NOW), CollectorRegistry(), MeterFake(broken=E2)
+    async with fake_target(db, fake, clock, registry) as stage:
+        await stage.step()
+        found = await rows(db, "p")
+        assert sorted(fake.meters) == [(E1, "M1"), (E1, "M2")]
+        assert {k[1]: r["state"] for k, r in found.items() if k[0] == E1} == {"M1": "acked", "M2": "acked"}
+        broken = [r for k, r in found.items() if k[0] == E2]
+        assert len(broken) == 2 and all(r["state"] == "pending" and "internal" in r["last_error"] for r in broken)
+        assert count(registry, "nhjc_uplink_meter_retries_total", target="p", reason="internal") == 2

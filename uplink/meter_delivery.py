@@ -18,6 +18,7 @@ import time as _time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from runtime.dberrors import describe, is_retryable
 from uplink.adapters import Enterprise, Registration
 from uplink.adapters.meters import MeterSender
 from uplink.devices import Devices, call_outcome
@@ -45,6 +46,21 @@ class MeterDelivery:
 
     async def deliver(self, enterprise: Enterprise, rows: Sequence[MeterRow], items: list[ItemRow],
                       out: MeterOutcomes, sem: asyncio.Semaphore, halted: Callable[[], bool]) -> None:
+        """One enterprise's rows.  An unexpected error costs this enterprise alone, as
+        for its records: its rows without an outcome wait for their retry (``internal``);
+        the database being away goes on to the stage runner."""
+        try:
+            await self._deliver(enterprise, rows, items, out, sem, halted)
+        except Exception as exc:
+            if is_retryable(exc):
+                raise
+            answered = {id(r) for r, *_ in (*out.acked, *out.retried, *out.rejected)}
+            waiting = [r for r in rows if id(r) not in answered]
+            self._metrics.enterprise_failed(self._name, enterprise.code, exc, len(waiting))
+            self._retry(waiting, RetryableError("internal", describe(exc)), out, sent=False)
+
+    async def _deliver(self, enterprise: Enterprise, rows: Sequence[MeterRow], items: list[ItemRow],
+                       out: MeterOutcomes, sem: asyncio.Semaphore, halted: Callable[[], bool]) -> None:
         if halted():
             return
         try:
