@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from config.settings import ProcessingSettings
 from ingest import quality as q
@@ -69,13 +70,15 @@ async def test_readings_past_next_align_date_are_unverified_and_not_valid(db: st
     around = quarters(at(2024, 3, 1, 23), at(2024, 3, 2, 1))
     async with connected(db) as pool, pool.acquire() as conn:
         await setup(conn, [meter("E-1", ELEC)], before, around)
-        await drain(aggregator(pool))
+        registry = CollectorRegistry()
+        await drain(aggregator(pool, registry))
         elec, gas = await flags(conn, ELEC), await flags(conn, GAS)
         rows = await consumption(conn)
     unverified = {t for t, f in elec.items() if f & q.UNVERIFIED}
     # Local 2024-03-02 on: past nextAlignDate.  Before 2024-01-01: before the first
     # recorded verification, not judged.
     assert unverified == {t for t in around if t >= at(2024, 3, 2)}
+    assert registry.get_sample_value("nhjc_readings_flagged_total", {"flag": "unverified"}) == len(unverified)
     assert set(gas.values()) == {0}
     v = {k[1:]: r["valid"] for k, r in rows.items() if k[0] == ENT}
     assert v[(ELEC, QUARTER, at(2024, 3, 1, 23, 30))] is True
