@@ -26,6 +26,7 @@ from processing.periodvalues import (
     gap_tiers,
     totals,
 )
+from processing.replacing import Replacements
 from processing.segments import Readings, Segments, Validated, segment_flags, validate
 from processing.stuck import Movers, StuckCandidates, apply_stuck, candidates, flag_stuck
 
@@ -57,8 +58,9 @@ class FirstPass:
 
 
 def first_pass(readings: Readings, items: ItemTable, *, max_gap_us: int, stuck_after_us: int,
-               quarter_bounds: np.ndarray, run_since: np.ndarray | None = None) -> FirstPass:
-    v = validate(readings, items, max_gap_us=max_gap_us)
+               quarter_bounds: np.ndarray, run_since: np.ndarray | None = None,
+               replacements: Replacements | None = None) -> FirstPass:
+    v = validate(readings, items, max_gap_us=max_gap_us, replacements=replacements)
     flags = segment_flags(v.segments, v.quality)
     quarters = distribute(v.segments, flags, quarter_bounds, QUARTER)
     cand = candidates(v, items, stuck_after_us=stuck_after_us, run_since=run_since)
@@ -105,14 +107,16 @@ def tier_rows(seg: Segments, flags: np.ndarray, quarters: PeriodRows, bounds: di
 
 
 def compute(readings: Readings, items: ItemTable, calendar: Calendar, *, max_gap_s: float = 1800.0,
-            stuck_after_s: float = 6 * 3600.0, hierarchical: bool = True) -> Result:
-    """Everything the readings given determine, as if they were the items' whole history."""
+            stuck_after_s: float = 6 * 3600.0, hierarchical: bool = True,
+            replacements: Replacements | None = None) -> Result:
+    """Everything the readings given (and the items' recorded meter replacements)
+    determine, as if they were the items' whole history."""
     max_gap_us, stuck_after_us = int(max_gap_s * 1e6), int(stuck_after_s * 1e6)
     lo = int(readings.ts.min()) if len(readings) else 0
     hi = int(readings.ts.max()) if len(readings) else 0
     bounds = {tier: calendar.bounds(tier, lo, hi) for tier in TIERS}
     first = first_pass(readings, items, max_gap_us=max_gap_us, stuck_after_us=stuck_after_us,
-                       quarter_bounds=bounds[QUARTER])
+                       quarter_bounds=bounds[QUARTER], replacements=replacements)
     quality, flags, quarters = second_pass(first, items)
     v = first.validated
     tiers = tier_rows(v.segments, flags, quarters, bounds, hierarchical=hierarchical)
