@@ -12,14 +12,33 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest import quality as q
 from processing.itemtable import ItemTable
-from processing.periods import DAY, QUARTER
-from processing.pipeline import Result
+from processing.periods import DAY, QUARTER, YEAR
+from processing.pipeline import Result, compute
 from processing.replacing import REASONS, Replacements
-from processing.segments import EVENT_REPLACEMENT, EVENT_REPLACEMENT_REFUSED, EVENT_RESET
-from tests.strategies import ELEC, ENTERPRISE, at, item, rows, run, table
+from processing.segments import (
+    EVENT_REPLACEMENT,
+    EVENT_REPLACEMENT_REFUSED,
+    EVENT_RESET,
+    GAP,
+    UNKNOWN,
+)
+from tests.strategies import (
+    CALENDAR,
+    ELEC,
+    ENTERPRISE,
+    Replaced,
+    at,
+    item,
+    replaced_meters,
+    rows,
+    run,
+    table,
+)
 
 
 def t(hour: int, minute: int = 0, second: int = 0) -> int:
@@ -169,3 +188,50 @@ def test_a_record_on_an_interval_item_changes_nothing() -> None:
     res = run(items, data, replacements=recorded(items, [(ELEC, t(0, 7), 5.0, 0.0)]))
     assert rows(res, items) == rows(run(items, data), items)
     assert events(res) == []
+
+
+# -- properties ---------------------------------------------------------------------------
+
+@settings(max_examples=150, deadline=None)
+@given(replaced_meters())
+def test_a_replacement_never_creates_or_loses_energy(r: Replaced) -> None:
+    res = compute(r.series.as_readings(), r.series.items, CALENDAR, replacements=r.replacements)
+    seg = res.validated.segments
+    assert not np.any(seg.state == UNKNOWN)
+    assert set(res.validated.event_kind.tolist()) <= {EVENT_REPLACEMENT}
+    assert len(res.validated.event_kind) == len(r.records)
+    # Every segment's consumption, and the year's value (which holds every measured part
+    # and every gap), are exactly what the meters counted.
+    assert seg.amount.sum() == pytest.approx(r.energy, rel=1e-9, abs=1e-9)
+    c = res.consumption
+    years = c.take((c.tier == YEAR) & (c.item == 0))
+    assert years.value.sum() == pytest.approx(r.energy, rel=1e-9, abs=1e-9)
+    assert np.all(c.value >= 0)
+    # The 15-minute periods hold every measured part: their sum plus the gaps' is the total.
+    quarters = c.take((c.tier == QUARTER) & (c.item == 0))
+    gaps = seg.amount[seg.state == GAP].sum()
+    assert quarters.value.sum() + gaps == pytest.approx(r.energy, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(replaced_meters(), st.data())
+def test_a_contradicted_record_counts_nothing_across_its_jump(r: Replaced, data: st.DataObject) -> None:
+    i = data.draw(st.integers(0, len(r.records) - 1))
+    when, old_final, new_initial = r.records[i]
+    s = r.series
+    b = int(np.searchsorted(s.ts, when, "left"))
+    a_val, b_val = float(s.value[b - 1]), float(s.value[b])
+    # Make the record contradict the readings on one side.
+    if data.draw(st.booleans()):
+        bad = (when, a_val - 1.0, new_initial)
+    else:
+        bad = (when, old_final, b_val + 1.0)
+    records = [bad if j == i else x for j, x in enumerate(r.records)]
+    rp = Replacements.of(np.zeros(len(records), np.int64), np.array([x[0] for x in records]),
+                         np.array([x[1] for x in records]), np.array([x[2] for x in records]))
+    res = compute(s.as_readings(), s.items, CALENDAR, replacements=rp)
+    lost = s.items.multiplier[0] * ((old_final - a_val) + (b_val - new_initial))
+    assert res.validated.segments.amount.sum() == pytest.approx(r.energy - lost, rel=1e-9, abs=1e-9)
+    refused = res.validated.event_kind == EVENT_REPLACEMENT_REFUSED
+    assert res.readings.ts[res.validated.event_reading[refused]].tolist() == [s.ts[b]]
+    assert res.quality[b] & q.RESET
