@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("nhjc.admin", "create or upgrade the database schema"),
     "items": ("nhjc.admin", "manage the data-item registry (items load FILE)"),
     "enterprises": ("nhjc.admin", "manage the enterprise registry (enterprises load FILE, enterprises list)"),
+    "meters": ("nhjc.replace_admin",
+               "measuring instruments (meters replace --enterprise CODE --data-code CODE --time T"
+               " --old-final X --new-initial Y)"),
     "uplink": ("nhjc.uplink_admin",
                "records the platforms refused (uplink rejected [--target NAME] [--limit N],"
                " uplink resend --target NAME --enterprise CODE)"),
