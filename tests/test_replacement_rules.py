@@ -32,6 +32,7 @@ from tests.strategies import (
     ELEC,
     ENTERPRISE,
     Replaced,
+    Row,
     at,
     item,
     replaced_meters,
@@ -235,3 +236,19 @@ def test_a_contradicted_record_counts_nothing_across_its_jump(r: Replaced, data:
     refused = res.validated.event_kind == EVENT_REPLACEMENT_REFUSED
     assert res.readings.ts[res.validated.event_reading[refused]].tolist() == [s.ts[b]]
     assert res.quality[b] & q.RESET
+
+
+def test_the_worked_example_of_the_metrology_docs() -> None:
+    # docs/metrology.md: multiplier 200, readings 10:00 (old, 4520.30) and 10:30 (new,
+    # 1.35), replaced at 10:12 with old final 4520.42 and new initial 0.
+    items = table(item(multiplier=200.0))
+    data = [(ELEC, t(9, 45), 4520.10), (ELEC, t(10, 0), 4520.30), (ELEC, t(10, 30), 1.35)]
+    res = rows(run(items, data, replacements=recorded(items, [(ELEC, t(10, 12), 4520.42, 0.0)])),
+               items)
+    assert res[(ELEC, QUARTER, t(10, 0))].value == pytest.approx(24 + 45)
+    assert res[(ELEC, QUARTER, t(10, 15))].value == pytest.approx(225)
+    assert res[(ELEC, QUARTER, t(10, 15))].valid
+    plain = rows(run(items, data), items)
+    # Without the record nothing is known from 10:00 to 10:30: a reset.
+    assert plain[(ELEC, QUARTER, t(10, 15))] == Row(0.0, 0.0, 0.0, False, q.RESET)
+    assert plain[(ELEC, QUARTER, t(10, 0))].flags == q.RESET
