@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from ingest import quality as q
 from ingest.replacements import Replacement, record_replacement
@@ -81,7 +82,8 @@ async def test_a_late_record_across_a_boundary_recomputes_the_periods(db: str) -
             " source) VALUES ($1, 'OLD-1', 'main meter', 1, $2, 'verified', 'test')", E, [ELEC])
         await store(conn, [(ELEC, t(0, 0), 100.0), (ELEC, t(0, 10), 110.0), (ELEC, t(0, 25), 3.0),
                            (ELEC, t(0, 30), 8.0)])
-        agg = aggregator(pool)
+        registry = CollectorRegistry()
+        agg = aggregator(pool, registry)
         await drain(agg)
         before = await consumption(conn)
         # No record yet: the jump 110 -> 3 is an unknown reset.
@@ -111,6 +113,7 @@ async def test_a_late_record_across_a_boundary_recomputes_the_periods(db: str) -
             (QUARTER, t(0)), (QUARTER, t(0, 15)), (DAY, at(2024, 3, 1)), (MONTH, at(2024, 3, 1)),
             (YEAR, at(2024)))}
         assert await events(conn) == [("replacement", 110.0, 3.0, "")]
+        assert registry.get_sample_value("nhjc_meter_events_total", {"kind": "replacement"}) == 1
         assert await quality_at(conn, t(0, 25)) == 0
         # The old meter is retired at the replacement time, the change in its history.
         assert await conn.fetchval("SELECT retired_at FROM meters WHERE ser_no = 'OLD-1'") == when(t(0, 17))
