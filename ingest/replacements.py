@@ -18,7 +18,8 @@ from datetime import datetime
 
 import asyncpg
 
-__all__ = ["Replacement", "ReplacementError", "check_item", "record_replacement"]
+__all__ = ["Replacement", "ReplacementError", "check_item", "record_replacement",
+           "withdraw_replacement"]
 
 
 class ReplacementError(ValueError):
@@ -110,4 +111,22 @@ async def record_replacement(conn: asyncpg.Connection, r: Replacement, source: s
         await conn.execute(_QUEUE_SEGMENT, r.enterprise, r.code, r.replaced_at)
         if r.old_ser_no:
             await conn.fetch(_RETIRE, r.enterprise, r.old_ser_no, r.replaced_at, source)
+        return True
+
+
+_DELETE = """
+DELETE FROM meter_replacements WHERE enterprise = $1 AND code = $2 AND replaced_at = $3
+RETURNING id
+"""
+
+
+async def withdraw_replacement(conn: asyncpg.Connection, enterprise: str, code: str,
+                               replaced_at: datetime) -> bool:
+    """Remove a replacement recorded by mistake (e.g. at a wrong time): the segment it fell
+    in is recomputed, a reset again unless another record explains it.  Whether there
+    was one.  A meter it retired stays retired: the registry is corrected by a load."""
+    async with conn.transaction():
+        if await conn.fetchrow(_DELETE, enterprise, code, replaced_at) is None:
+            return False
+        await conn.execute(_QUEUE_SEGMENT, enterprise, code, replaced_at)
         return True

@@ -20,7 +20,13 @@ import asyncpg
 from config.settings import Settings
 from ingest.credit_code import is_valid
 from ingest.frames import normalise_code
-from ingest.replacements import Replacement, ReplacementError, check_item, record_replacement
+from ingest.replacements import (
+    Replacement,
+    ReplacementError,
+    check_item,
+    record_replacement,
+    withdraw_replacement,
+)
 from nhjc.startup import DATABASE_ERRORS, database_problem
 
 __all__ = ["add_replace", "configure_meters", "main_meters", "main_replace"]
@@ -37,10 +43,12 @@ def add_replace(sub: Any) -> None:
     p.add_argument("--data-code", required=True, help="the item whose meter was replaced (hyphens optional)")
     p.add_argument("--time", required=True,
                    help="when, RFC 3339 with its UTC offset, e.g. 2024-03-01T10:17:00+08:00")
-    p.add_argument("--old-final", required=True, help="the old meter's register at that time, as it showed it")
-    p.add_argument("--new-initial", required=True, help="the new meter's register at that time, as it showed it")
+    p.add_argument("--old-final", help="the old meter's register at that time, as it showed it")
+    p.add_argument("--new-initial", help="the new meter's register at that time, as it showed it")
     p.add_argument("--old-ser-no", default="", help="the old meter's serial number (retired at --time)")
     p.add_argument("--new-ser-no", default="", help="the new meter's serial number")
+    p.add_argument("--withdraw", action="store_true",
+                   help="remove the replacement recorded for this item at --time (recorded by mistake)")
 
 
 def configure_meters(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +64,9 @@ class _Bad(ValueError):
     """A bad argument; the message is one line naming it."""
 
 
-def _register(name: str, text: str) -> float:
+def _register(name: str, text: str | None) -> float:
+    if text is None:
+        raise _Bad(f"--{name} is required (the register value as the meter showed it)")
     try:
         value = float(text)
     except ValueError:
@@ -85,6 +95,8 @@ def _parse(args: argparse.Namespace) -> Replacement:
     if code is None:
         raise _Bad(f"--data-code {args.data_code!r}: not a data code pp-uu-eeee-cceeee-dd")
     when = _time(args.time)
+    if args.withdraw:
+        return Replacement(args.enterprise, code, when, 0.0, 0.0)
     old_final = _register("old-final", args.old_final)
     new_initial = _register("new-initial", args.new_initial)
     return Replacement(args.enterprise, code, when, old_final, new_initial,
@@ -100,6 +112,14 @@ SELECT
   (SELECT value FROM readings WHERE enterprise = $1 AND code = $2 AND ts >= $3
      AND value < 'Infinity'::float8 AND value > '-Infinity'::float8 ORDER BY ts LIMIT 1)
 """
+
+
+async def _withdraw(dsn: str, r: Replacement) -> bool:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await withdraw_replacement(conn, r.enterprise, r.code, r.replaced_at)
+    finally:
+        await conn.close()
 
 
 async def _record(dsn: str, r: Replacement) -> tuple[bool, list[str]]:
@@ -130,6 +150,13 @@ def _fail(message: str) -> int:
 def main_replace(args: argparse.Namespace, settings: Settings) -> int:
     try:
         r = _parse(args)
+        if args.withdraw:
+            gone = asyncio.run(_withdraw(settings.database.dsn(), r))
+            what = f"{r.enterprise} {r.code} at {r.replaced_at.isoformat()}"
+            if not gone:
+                return _fail(f"no replacement is recorded for {what}")
+            print(f"replacement withdrawn: {what}; the periods around it are recomputed by the service")
+            return 0
         changed, warnings = asyncio.run(_record(settings.database.dsn(), r))
     except (_Bad, ReplacementError) as exc:
         return _fail(str(exc))

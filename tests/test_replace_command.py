@@ -97,3 +97,23 @@ async def test_every_bad_argument_is_one_line_naming_it(db: str, over: dict[str,
     assert len(lines) == 1 and lines[0].startswith("nhjc meters replace: "), r.stderr
     assert message in lines[0]
     assert await _fetch(db, "SELECT count(*) FROM meter_replacements") == [(0,)]
+
+
+async def test_a_replacement_recorded_by_mistake_is_withdrawn(db: str) -> None:
+    await _setup(db)
+    assert nhjc(db, *replace_args()).returncode == 0
+    await _fetch(db, "DELETE FROM pending_recompute RETURNING 1")
+    where = ["--enterprise", ENT, "--data-code", ELEC, "--time", "2024-03-01T00:07:00+08:00"]
+    r = nhjc(db, *where, "--withdraw")
+    assert (r.returncode, r.stdout.split(":")[0]) == (0, "replacement withdrawn"), r.stderr
+    assert await _fetch(db, "SELECT count(*) FROM meter_replacements") == [(0,)]
+    assert await _fetch(db, "SELECT extract(epoch FROM from_ts)::int8, extract(epoch FROM to_ts)::int8"
+                            " FROM pending_recompute") == [(1709222700, 1709223000)]
+    again = nhjc(db, *where, "--withdraw")
+    assert again.returncode == 1
+    assert again.stderr.strip() == (f"nhjc meters replace: no replacement is recorded for {ENT} {ELEC}"
+                                    " at 2024-03-01T00:07:00+08:00")
+    missing = nhjc(db, *where, "--new-initial", "5")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == ("nhjc meters replace: --old-final is required (the register value"
+                                      " as the meter showed it)")
