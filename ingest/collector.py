@@ -76,7 +76,7 @@ class Collector:
         self._receive_maximum = settings.receive_maximum
         self._session_expiry = settings.session_expiry_s
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
-        self._topics = subscriptions(settings.share_group)
+        self._topics = subscriptions(settings.shared_group)
         self._on_state = on_state or (lambda connected: None)
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         self.connected = False
