@@ -11,10 +11,12 @@ Why session-level advisory locks on one dedicated connection (and not a lease ta
   its TCP connection by the kernel, the server's backend ends at once and the lock is
   free; another instance takes it at its next heartbeat (``heartbeat_s``).  No clock,
   no expiry to tune, no table to clean.
-* An owner whose host vanishes without closing TCP (power, a network cut) is noticed by
-  the server through TCP: this connection sets ``tcp_keepalives_idle/interval/count``
-  and ``tcp_user_timeout`` for its own session, so the backend ends (and frees the
-  locks) after ``release_after_s`` of silence.
+* An owner whose host vanishes without closing TCP (power, a network cut), or whose
+  process is frozen (SIGSTOP, a paused VM, a blocked event loop), stops its heartbeat:
+  this connection sets ``idle_session_timeout`` to ``release_after_s`` for its own
+  session, so the server ends the session (and frees the locks) after that long without
+  a check.  ``tcp_keepalives_*`` and ``tcp_user_timeout`` are set too, so a dead peer's
+  socket does not linger either.
 * The owner side must give up first, so that two instances never do the work at once:
   every ``heartbeat_s`` it checks its connection with a deadline (``deadline_s``); an
   unanswered check, or the connection closing, marks every job lost *and cancels the
@@ -161,6 +163,8 @@ class Ownership:
                 "tcp_keepalives_interval": str(interval),
                 "tcp_keepalives_count": str(count),
                 "tcp_user_timeout": str(self._release_after_s * 1000),
+                # Whatever TCP says: a session whose owner stopped checking ends.
+                "idle_session_timeout": str(self._release_after_s * 1000),
             })
             conn.add_termination_listener(self._terminated)
             self._conn = conn
