@@ -60,16 +60,17 @@ def lock_key(job: str) -> int:
 
 
 class OwnershipEvents:
-    """``nhjc_owned{job}`` (1 while this instance owns the job) and
-    ``nhjc_ownership_changes_total{job,change}`` (acquired, lost, released)."""
+    """``nhjc_owned{work}`` (1 while this instance owns the job) and
+    ``nhjc_ownership_changes_total{work,change}`` (acquired, lost, released).  The label
+    is ``work``, not ``job``: Prometheus puts its own ``job`` label on every series."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._owned = Gauge("nhjc_owned", "1 while this instance owns the singular job, else 0", ["job"],
+        self._owned = Gauge("nhjc_owned", "1 while this instance owns the singular job, else 0", ["work"],
                             registry=registry)
         self._changes = Counter("nhjc_ownership_changes_total",
                                 "Ownership changes of singular jobs in this instance: acquired, lost "
                                 "(connection gone or unanswered), released (shutdown)",
-                                ["job", "change"], registry=registry)
+                                ["work", "change"], registry=registry)
 
     def wanted(self, job: str) -> None:
         self._owned.labels(job).set(0)

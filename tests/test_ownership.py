@@ -27,7 +27,7 @@ def make(dsn: str, name: str, *, release_after_s: int = 20, deadline_s: float = 
 
 
 def changes(registry: CollectorRegistry, change: str, job: str = JOB) -> float:
-    return registry.get_sample_value("nhjc_ownership_changes_total", {"job": job, "change": change}) or 0.0
+    return registry.get_sample_value("nhjc_ownership_changes_total", {"work": job, "change": change}) or 0.0
 
 
 class Work:
@@ -96,7 +96,7 @@ async def test_one_owner_and_the_other_takes_over_when_its_connection_ends(db: s
         assert await owned_b.step() is False and work_b.steps == 0  # not the owner: idle
         step_a = asyncio.create_task(owned_a.step())
         await asyncio.wait_for(work_a.running.wait(), 5)
-        assert ra.get_sample_value("nhjc_owned", {"job": JOB}) == 1
+        assert ra.get_sample_value("nhjc_owned", {"work": JOB}) == 1
         # The owner's lock connection is cut: its step in progress is cancelled at once
         # (before anyone could take the job), and the job is free for the other.
         assert await terminate("nhjc-owner a") == 1
