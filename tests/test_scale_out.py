@@ -184,6 +184,33 @@ def test_sigkill_of_the_owner_under_load(fresh_broker: PrivateBroker, db: str, t
         cluster.stop()
 
 
+def test_an_instance_joining_the_group_drops_the_plain_subscription_of_its_session(
+        fresh_broker: PrivateBroker, db: str, tmp_path: Path) -> None:
+    # One instance ran alone (plain subscription, kept in its session); then it runs in a
+    # group with a second one.  Its old subscription would bring it every reading on top
+    # of its turn: each frame would be taken twice, and the load not shared at all.
+    client_id = f"nhjc-join-{free_port()}"
+    alone = ServiceProcess(fresh_broker.url, db, client_id=client_id, log=tmp_path / "alone.log").start()
+    alone.stop()
+    group = {"NHJC_MQTT__SHARED_GROUP": GROUP}
+    members = [ServiceProcess(fresh_broker.url, db, client_id=cid, env=group, log=tmp_path / f"{cid}.log").start()
+               for cid in (client_id, f"{client_id}-b")]
+    try:
+        messages = Load(7, enterprises=1).messages()[:60]
+        pub = Publisher(fresh_broker.url, messages, rate=200).start()
+        pub.wait(60)
+
+        def frames() -> list[float]:
+            return [m.metric("nhjc_frames_received_total") for m in members]
+
+        wait_for(lambda: sum(frames()) >= len(messages), 30, "every frame taken")
+        time.sleep(1.0)  # a second copy would arrive meanwhile
+        assert sum(frames()) == len(messages) and all(f > 0 for f in frames()), frames()
+    finally:
+        for m in members:
+            m.stop()
+
+
 # --- the broker's behaviour the guide relies on ----------------------------------------
 
 class Member:
