@@ -65,9 +65,10 @@ def mounted(service: dict[str, Any], top: dict[str, Any]) -> dict[str, str]:
 def provided(host: str) -> bool:
     """A host path the operator provides: under deploy/, ignored by git, and named in
     the operations guide."""
-    rel = host.removeprefix("./")
-    return (rel.startswith("deploy/") and "/deploy/*" in GITIGNORE
-            and (rel in OPERATIONS or rel.rstrip("/") + "/" in OPERATIONS))
+    rel = PurePosixPath(host.removeprefix("./"))
+    named = (f"`{rel}`" in OPERATIONS or f"`{rel}/`" in OPERATIONS  # the file, or the folder
+             or (f"`{rel.parent}/`" in OPERATIONS and f"`{rel.name}`" in OPERATIONS))  # a file of a folder
+    return rel.parts[0] == "deploy" and "/deploy/*" in GITIGNORE and named
 
 
 def setting_exists(variable: str) -> bool:
