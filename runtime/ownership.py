@@ -19,9 +19,11 @@ Why session-level advisory locks on one dedicated connection (and not a lease ta
   socket does not linger either.
 * The owner side must give up first, so that two instances never do the work at once:
   every ``heartbeat_s`` it checks its connection with a deadline (``deadline_s``); an
-  unanswered check, or the connection closing, marks every job lost *and cancels the
-  owned steps in progress* before the server can have freed the locks
-  (``heartbeat_s + deadline_s < release_after_s``, checked by the settings).
+  unanswered check, the connection closing, or simply no check answered for
+  ``heartbeat_s + deadline_s`` (a timer: it fires first thing when a frozen process
+  thaws) marks every job lost *and cancels the owned steps in progress*, before the
+  server can have freed the locks (``heartbeat_s + deadline_s < release_after_s``,
+  checked by the settings).
 * One connection per instance for every job; the pool is not used (a pooled
   connection would carry the lock back into the pool).  A transaction-pooling proxy
   (PgBouncer ``pool_mode=transaction``) would break session locks: connect directly.
@@ -111,6 +113,11 @@ class Ownership:
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()  # set (and replaced) each time the held jobs are lost
         self._closed = False
+        # The owned steps running now, cancelled the moment ownership is lost.
+        self._running: set[asyncio.Future[bool]] = set()
+        # Ownership is good until the next check is overdue; then it is given up even if
+        # the check never raised (the process was frozen, the event loop blocked).
+        self._expiry: asyncio.TimerHandle | None = None
 
     # --- what the owned stages ask --------------------------------------------------
     def owned(self, stage: Stage) -> OwnedStage:
@@ -141,6 +148,8 @@ class Ownership:
     async def step(self) -> bool:
         if self._closed:
             return False
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             async with asyncio.timeout(self._deadline_s):
                 conn = await self._connection()
@@ -149,7 +158,17 @@ class Ownership:
             why = f"no answer within {self._deadline_s:g}s" if isinstance(exc, TimeoutError) else type(exc).__name__
             self._lose(why)
             raise
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._held:
+            # The server ends the session release_after_s after this check at the
+            # earliest; we give up heartbeat_s + deadline_s after it (checked shorter).
+            self._expiry = loop.call_at(started + self.heartbeat_s + self._deadline_s, self._overdue)
         return False
+
+    def _overdue(self) -> None:
+        self._expiry = None
+        self._lose(f"no check answered for {self.heartbeat_s + self._deadline_s:g}s")
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -190,6 +209,13 @@ class Ownership:
             self._lose("connection closed")
 
     def _lose(self, why: str) -> None:
+        # Runs in a callback (timer, connection closed) or the check: the owned steps are
+        # cancelled here, before any of them can take another step of its own.
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        for work in self._running:
+            work.cancel()
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             conn.terminate()
@@ -204,6 +230,9 @@ class Ownership:
         """Release every lock (after the owned stages have stopped): the other instances
         take them at their next heartbeat."""
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         conn, self._conn = self._conn, None
         held, self._held = self._held, set()
         if conn is not None:
@@ -230,9 +259,11 @@ class OwnedStage:
             return False
         lost = asyncio.ensure_future(self._ownership.lost_event.wait())
         work = asyncio.ensure_future(self.stage.step())
+        self._ownership._running.add(work)
         try:
             await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._ownership._running.discard(work)
             lost.cancel()
             if not work.done():
                 work.cancel()
