@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -38,8 +39,10 @@ class Cluster(Chain):
     """The fault scenarios' chain with ``instances`` services on one shared group, each
     with its own client id (kept across a restart, as a deployment must)."""
 
-    def __init__(self, broker: PrivateBroker, dsn: str, workdir: Path, *, instances: int) -> None:
+    def __init__(self, broker: PrivateBroker, dsn: str, workdir: Path, *, instances: int,
+                 env: dict[str, str] | None = None) -> None:
         super().__init__(broker, dsn, workdir)
+        self.extra_env = env or {}
         base = free_port()
         self.client_ids = [f"nhjc-scale-{base}-{n}" for n in range(instances)]
         self.members: list[ServiceProcess | None] = [None] * instances
@@ -55,7 +58,7 @@ class Cluster(Chain):
 
     def start_member(self, n: int, *, wait_ready: bool = True) -> None:
         sp = self._new_service()
-        sp.env |= {"NHJC_MQTT__CLIENT_ID": self.client_ids[n], "NHJC_MQTT__SHARED_GROUP": GROUP}
+        sp.env |= {"NHJC_MQTT__CLIENT_ID": self.client_ids[n], "NHJC_MQTT__SHARED_GROUP": GROUP, **self.extra_env}
         sp.log = self.workdir / f"service-{n}.log"
         self.members[n] = sp.start(wait_ready=wait_ready)
         self.service = self.members[0]
@@ -212,6 +215,57 @@ def test_an_instance_joining_the_group_drops_the_plain_subscription_of_its_sessi
 
 
 # --- the broker's behaviour the guide relies on ----------------------------------------
+
+def test_a_frozen_owner_is_replaced_and_stands_down_when_it_thaws(fresh_broker: PrivateBroker, db: str,
+                                                                  tmp_path: Path) -> None:
+    # SIGSTOP: the process and its sockets stay, nothing answers.  The database ends its
+    # ownership session after release_after_s (5 s here) and another instance takes the
+    # jobs; when the frozen one is let go again it stops its owned work before taking
+    # another step of it, so no period is sent by two at once.
+    env = {"NHJC_OWNERSHIP__HEARTBEAT_S": "1", "NHJC_OWNERSHIP__DEADLINE_S": "1",
+           "NHJC_OWNERSHIP__RELEASE_AFTER_S": "5"}
+    cluster = Cluster(fresh_broker, db, tmp_path, instances=2, env=env).start()
+    seen: dict[str, Any] = {}
+
+    def freeze_the_owner(chain: Chain, pub: Publisher, ledger: Ledger, rng: random.Random) -> tuple[float, str]:
+        for url in cluster.platforms.values():
+            platform_control(url, slow_s=0.3)
+        pub.wait_progress(0.4)
+        victim = cluster.owners()["uplink provincial"][0]
+        m = cluster.members[victim]
+        assert m is not None and m.proc is not None
+        m.proc.send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        try:
+            other = 1 - victim
+            wait_for(lambda: "uplink provincial" in _owns(cluster, other), 30, "the job taken over")
+            seen["takeover_s"] = time.monotonic() - frozen
+        finally:
+            m.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: "no longer the owner of uplink provincial" in (cluster.workdir / f"service-{victim}.log")
+                 .read_text(errors="replace"), 15, "the thawed owner stood down")
+        for url in cluster.platforms.values():
+            platform_control(url, slow_s=0)
+        return time.monotonic(), f"froze member {victim}"
+
+    try:
+        wait_for(lambda: each_job_owned_once(cluster), 30, "every job owned")
+        r = run_round(cluster, freeze_the_owner, 1, rng=random.Random(3))
+        print(f"a frozen owner's uplink taken over after {seen['takeover_s']:.1f} s (release_after_s 5)")
+        assert seen["takeover_s"] >= 4  # not before the database let the session go
+        assert r.account.ok, r.account.problems()
+        assert overlaps(cluster) == dict.fromkeys(PLATFORMS, 0)
+        wait_for(lambda: each_job_owned_once(cluster), 15, "every job owned once")
+    finally:
+        cluster.stop()
+
+
+def _owns(cluster: Cluster, n: int) -> list[str]:
+    m = cluster.members[n]
+    assert m is not None
+    status, body = m.http("/readyz")
+    return list(json.loads(body).get("owns", [])) if status else []
+
 
 class Member:
     """A bare MQTT 5 member of a shared group with a persistent session."""
