@@ -247,16 +247,27 @@ class Ownership:
 class OwnedStage:
     """A stage that steps only while its job is owned; a step in progress is cancelled
     when the ownership is lost (what it was doing stays in the database for the next
-    owner, as after any cut-short step)."""
+    owner, as after any cut-short step).
+
+    A stage may have a ``disowned()`` method: it is called once when this instance no
+    longer owns the job, to stop showing what the new owner now keeps (its gauges: an
+    old owner's stale backlog would otherwise stay in Prometheus)."""
 
     def __init__(self, stage: Stage, ownership: Ownership) -> None:
         self.stage = stage
         self.name = stage.name
         self._ownership = ownership
+        self._owned = False
 
     async def step(self) -> bool:
         if not self._ownership.holds(self.name):
+            if self._owned:
+                self._owned = False
+                disowned = getattr(self.stage, "disowned", None)
+                if callable(disowned):
+                    disowned()
             return False
+        self._owned = True
         lost = asyncio.ensure_future(self._ownership.lost_event.wait())
         work = asyncio.ensure_future(self.stage.step())
         self._ownership._running.add(work)

@@ -202,6 +202,35 @@ async def test_an_unanswered_check_stops_the_owner_before_the_database_frees_the
             await b.close()
 
 
+async def test_a_stage_that_loses_its_job_is_told_once(pair: tuple[Ownership, Ownership]) -> None:
+    a, b = pair
+
+    class Shows:
+        name = "completeness"
+        disowned_calls = 0
+
+        async def step(self) -> bool:
+            return False
+
+        def disowned(self) -> None:
+            self.disowned_calls += 1
+
+    stage = Shows()
+    owned = a.owned(stage)
+    b.want("completeness")
+    await owned.step()
+    assert stage.disowned_calls == 0  # never owned: nothing to drop
+    await a.step()
+    await owned.step()
+    assert await terminate("nhjc-owner a") == 1
+    await wait_until(lambda: not a.held, 5)
+    await b.step()
+    assert b.held == ["completeness"]
+    await owned.step()
+    await owned.step()
+    assert stage.disowned_calls == 1
+
+
 async def test_owned_stage_passes_the_inner_result(pair: tuple[Ownership, Ownership]) -> None:
     a, _ = pair
 

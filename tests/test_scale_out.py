@@ -244,6 +244,9 @@ def test_a_frozen_owner_is_replaced_and_stands_down_when_it_thaws(fresh_broker: 
             m.proc.send_signal(signal.SIGCONT)
         wait_for(lambda: "no longer the owner of uplink provincial" in (cluster.workdir / f"service-{victim}.log")
                  .read_text(errors="replace"), 15, "the thawed owner stood down")
+        # It no longer shows the target's gauges: the new owner's are the ones to read.
+        wait_for(lambda: 'nhjc_uplink_backlog{target="provincial"}' not in m.http("/metrics")[1], 15,
+                 "the old owner's uplink gauges dropped")
         for url in cluster.platforms.values():
             platform_control(url, slow_s=0)
         return time.monotonic(), f"froze member {victim}"

@@ -6,6 +6,7 @@ low-cardinality: the target name and a reason from a fixed list
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from zoneinfo import ZoneInfo
 
@@ -154,6 +155,12 @@ class UplinkMetrics:
 
     def retried(self, target: str, reason: str, n: int) -> None:
         self._retries.labels(target, reason).inc(n)
+
+    def disowned(self, target: str) -> None:
+        """Another instance sends to this target now: its gauges are that instance's."""
+        for gauge in (self._backlog, self._waiting, self._oldest, self._rejected_kept, self._up):
+            with contextlib.suppress(KeyError):
+                gauge.remove(target)
 
     def backlog(self, target: str, *, due: int, waiting: int, oldest_s: float, rejected: int) -> None:
         self._backlog.labels(target).set(due)

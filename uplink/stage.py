@@ -133,6 +133,12 @@ class TargetStage:
         await self._housekeeping()
         return busy
 
+    def disowned(self) -> None:
+        """Another instance owns this target now (runtime.ownership): drop our gauges,
+        and refresh them at once should the target come back to us."""
+        self._metrics.disowned(self.target)
+        self._next_backlog = 0.0
+
     async def _housekeeping(self) -> None:
         mono = _time.monotonic()
         if mono >= self._next_backlog:
