@@ -23,6 +23,7 @@ from nhjc.probe import DatabaseProbe
 from nhjc.startup import describe
 from processing.aggregator import Aggregator
 from processing.completeness import CompletenessUpdater
+from processing.scorecard import ScorecardJob
 from runtime.dberrors import RETRYABLE, DatabaseHealth, is_retryable
 from runtime.dbpool import open_pool
 from runtime.migrate import available
@@ -191,7 +192,7 @@ class Service:
         return not late
 
     def _more_stages(self, stop: asyncio.Event) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-        """Stages downstream of the readings: aggregation, completeness and uplink.
+        """Stages downstream of the readings: aggregation, completeness, the scorecard and uplink.
         They read their work from the database, so stopping them loses nothing."""
         assert self.pool is not None
         s = self.settings
@@ -203,9 +204,11 @@ class Service:
 
         aggregator = Aggregator(p, pool=self.pool, registry=self.registry)
         completeness = CompletenessUpdater(p, pool=self.pool, registry=self.registry)
+        scorecard = ScorecardJob(p, pool=self.pool, registry=self.registry)
         stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("aggregator", runner(aggregator, p.interval_ms / 1000).run(stop)),
             ("completeness", runner(completeness, p.completeness_interval_s).run(stop)),
+            ("scorecard", runner(scorecard, p.scorecard_interval_s).run(stop)),
         ]
         if any(t.enabled for t in s.uplink.targets.values()):
             self.uplink = Uplink(self.pool, s.uplink, zone=p.zone, registry=self.registry,
