@@ -9,6 +9,9 @@ import csv
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -17,8 +20,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from config.settings import ProcessingSettings
-from nhjc.quality import report_rows, render_report
-from processing.scorecard import ScorecardJob, refresh, refresh_month, scores
+from nhjc.quality import render_report, report_rows
+from processing.scorecard import Score, ScorecardJob, refresh, refresh_month, scores
+from tests.services import ROOT
 from tools.gateway import enterprise_code
 
 TZ = "Asia/Shanghai"
@@ -88,9 +92,7 @@ async def fill(conn: asyncpg.Connection) -> None:
          (E2, "M3", date(2026, 1, 1), date(2026, 12, 31))])  # M3 is not verified: its period does not count
 
 
-def key(s: object) -> tuple[object, ...]:
-    from processing.scorecard import Score
-    assert isinstance(s, Score)
+def key(s: Score) -> tuple[object, ...]:
     return (s.items, s.expected, s.received, s.items_complete, s.agreement_items, s.agreement_ok,
             s.start_values, s.start_pinned, s.meters, s.meters_verified)
 
@@ -218,3 +220,30 @@ async def test_the_report_in_its_three_formats(db: str) -> None:
         assert [o["enterprise"] for o in json.loads(render_report(one, "json"))] == [E2]
     finally:
         await conn.close()
+
+
+def nhjc(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NHJC_DATABASE__URL": dsn, "NHJC_PROCESSING__TIMEZONE": TZ}
+    return subprocess.run([sys.executable, "-m", "nhjc", *args], env=env, cwd=ROOT, check=False,
+                          capture_output=True, text=True, timeout=60)
+
+
+async def test_the_command(db: str) -> None:
+    conn = await asyncpg.connect(db)
+    try:
+        await fill(conn)
+    finally:
+        await conn.close()
+    r = nhjc(db, "quality", "report", "--month", "2026-03", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    by = {o["enterprise"]: o for o in json.loads(r.stdout)}
+    assert set(by) == {E1, E2, E3}
+    assert by[E2]["completeness"] == pytest.approx(90 / (31 * 96))  # a past month: every day of it
+    r = nhjc(db, "quality", "report", "--month", "2026-03", "--enterprise", E1)
+    assert r.returncode == 0 and NEW in r.stdout and "differs" in r.stdout, r.stderr  # its items too
+    r = nhjc(db, "quality", "report", "--month", "2026-13")
+    assert r.returncode == 2 and "month '2026-13' is not YYYY-MM" in r.stderr
+    r = nhjc(db, "quality", "report", "--month", "2026-03", "--enterprise", "nobody")
+    assert r.returncode == 1 and "no scorecard for enterprise nobody in 2026-03" in r.stderr
+    r = nhjc(db.rsplit("/", 1)[0] + "/nhjc_no_such_database", "quality", "report")
+    assert r.returncode == 1 and r.stderr.startswith("nhjc quality report: ") and "Traceback" not in r.stderr
