@@ -17,7 +17,7 @@ print; :meth:`DatabaseSettings.dsn` puts it back for connecting, and nowhere els
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -214,6 +214,9 @@ class ProcessingSettings(Section):
     # A reading that arrives when its item already has a reading more than
     # this much later is flagged out_of_line (a clock error or a stray old value).
     out_of_line_s: float = Field(30 * 86400.0, gt=0)
+    # Readings flagged unverified (their instrument out of verification, docs/metrology.md):
+    # "invalid" makes the periods resting on them valid = false, "flag" only flags them.
+    unverified: Literal["invalid", "flag"] = "invalid"
 
     @model_validator(mode="after")
     def _pauses(self) -> ProcessingSettings:

@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("nhjc.admin", "create or upgrade the database schema"),
     "items": ("nhjc.admin", "manage the data-item registry (items load FILE)"),
     "enterprises": ("nhjc.admin", "manage the enterprise registry (enterprises load FILE, enterprises list)"),
+    "meters": ("nhjc.meters_admin",
+               "the measuring-instrument registry (meters load FILE, meters list [--enterprise CODE],"
+               " meters report [--enterprise CODE] [--format table|json|csv])"),
     "uplink": ("nhjc.uplink_admin",
                "records the platforms refused (uplink rejected [--target NAME] [--limit N],"
                " uplink resend --target NAME --enterprise CODE)"),

@@ -42,6 +42,7 @@ from processing.pipeline import first_pass, second_pass
 from processing.segments import Readings
 from processing.stuck import Movers
 from processing.totalrows import Begun, EnterpriseTotals
+from processing.verification import unverified_flags
 from processing.windows import holes, inside, link_groups, merge_intervals, quarter_windows
 from processing.writes import (
     RunTally,
@@ -80,6 +81,8 @@ class Aggregator:
         self._chunk = settings.chunk
         self._out_of_line_us = int(settings.out_of_line_s * 1e6)
         self._totals = EnterpriseTotals(self._calendar)
+        # "flag": UNVERIFIED readings are flagged, their periods stay valid.
+        self._suspect = q.SUSPECT if settings.unverified == "invalid" else q.SUSPECT & ~q.UNVERIFIED
         self.metrics = ProcessingMetrics(registry)
 
     async def step(self) -> bool:
@@ -146,9 +149,10 @@ class Aggregator:
 
         # Validate, stuck registers included (who moved: this run's rows and the database's).
         run_since, keep_stuck = await self._run_since(conn, items, readings)
+        registry_flags = await unverified_flags(conn, items, readings, self._zone)
         first = first_pass(readings, items, max_gap_us=self._max_gap_us,
                            stuck_after_us=self._stuck_after_us, quarter_bounds=bounds[QUARTER],
-                           run_since=run_since)
+                           run_since=run_since, registry_flags=registry_flags)
         # Only the 15-minute periods inside a window are complete.
         keep_q = inside(first.quarters.item, first.quarters.start, first.quarters.end,
                         w_item, w_lo, w_hi)
@@ -166,7 +170,7 @@ class Aggregator:
 
         # Tiers: 15 minutes from the readings, the rest from their children.  Rows a
         # period no longer deserves are withdrawn, and their parents recomputed too.
-        child = finish(quarters.take(keep_q), items)
+        child = finish(quarters.take(keep_q), items, self._suspect)
         e_item, e_start = await self._stored_quarters(
             conn, items, *holes(w_item, w_lo, w_hi, child.item, child.start, child.end))
         keys = [await settle(conn, items, QUARTER, child, e_item, e_start, run)]
@@ -178,7 +182,7 @@ class Aggregator:
             c_start = np.concatenate([c_start, g_t0[g_tier == tier]])
             rows = await self._coarse(conn, items, c_item, c_start, bounds[tier], tier)
             p_item, p_start = self._parents(c_item, c_start, bounds[tier])
-            keys.append(await settle(conn, items, tier, finish(rows, items), p_item,
+            keys.append(await settle(conn, items, tier, finish(rows, items, self._suspect), p_item,
                                            p_start, run))
         await self._totals.write(conn, items, keys, begun, run)
 

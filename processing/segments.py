@@ -43,7 +43,7 @@ EVENT_ROLLOVER, EVENT_RESET = 1, 2
 
 # Flags a reading carries for the segment that ends at it.
 _SEGMENT_LEVEL = q.ROLLOVER | q.RESET | q.SPIKE | q.OUT_OF_RANGE
-_READING_LEVEL = q.EARLY | q.LATE | q.NON_FINITE | q.STUCK | q.OUT_OF_LINE
+_READING_LEVEL = q.EARLY | q.LATE | q.NON_FINITE | q.STUCK | q.OUT_OF_LINE | q.UNVERIFIED
 _US_PER_HOUR = 3.6e9
 
 
