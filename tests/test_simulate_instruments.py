@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+import asyncpg
 import orjson
 import pytest
 
 from ingest.meters import parse_meters_file_bytes
+from nhjc.demo_meters import Instruments, replacement_time
 from tools.sim import Scenario, pilot_enterprises
 from tools.sim.instruments import (
     OUT_OF_DATE,
@@ -18,6 +20,7 @@ from tools.sim.instruments import (
     instruments_records,
     plan_replacement,
     replacement_record,
+    serial,
 )
 
 START = 1_795_795_200  # 2026-11-28T00:00:00+08:00
@@ -98,3 +101,39 @@ def test_a_replacement_outside_the_run_is_not_done() -> None:
         pass
     assert sc.replacements == [] and isinstance(plan, object)
     assert AppliedReplacement("e", "c", 1, 2.0, 0.0).old_final == 2.0
+
+
+class _Sim:
+    """What the demo reads of its simulator: the replacements done so far."""
+
+    def __init__(self) -> None:
+        self.replacements: list[AppliedReplacement] = []
+
+
+async def test_the_demo_loads_the_instruments_and_records_the_replacement_once_done(db: str) -> None:
+    fleet = pilot_enterprises(4, seed=7)
+    at = replacement_time(START, 6 * 3600)
+    assert at == START + 7200 + 30
+    instruments = Instruments(instruments_records(fleet, today=TODAY, seed=7), fleet, at)
+    assert instruments.plan is not None
+    pool = await asyncpg.create_pool(db, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            assert await instruments.load(conn) == sum(len(e.items) for e in fleet)
+        sim = _Sim()
+        await instruments.record_replacements(pool, sim)  # type: ignore[arg-type]
+        assert await pool.fetchval("SELECT count(*) FROM meter_replacements") == 0
+        sim.replacements.append(AppliedReplacement(instruments.plan.enterprise, instruments.plan.code, at,
+                                                   705051.49, 0.0))
+        await instruments.record_replacements(pool, sim)  # type: ignore[arg-type]
+        await instruments.record_replacements(pool, sim)  # type: ignore[arg-type]  # once only
+        rows = await pool.fetch("SELECT enterprise, code, replaced_at, old_final, new_initial, old_ser_no, new_ser_no"
+                                " FROM meter_replacements")
+        old, new = serial(instruments.plan.enterprise, instruments.plan.code), \
+            serial(instruments.plan.enterprise, instruments.plan.code, 1)
+        assert [tuple(r) for r in rows] == [(instruments.plan.enterprise, instruments.plan.code,
+                                             dt.datetime.fromtimestamp(at, dt.UTC), 705051.49, 0.0, old, new)]
+        retired = await pool.fetchval("SELECT retired_at FROM meters WHERE ser_no = $1", old)
+        assert retired == dt.datetime.fromtimestamp(at, dt.UTC)
+    finally:
+        await pool.close()
