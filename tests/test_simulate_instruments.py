@@ -5,12 +5,14 @@ old final value to the new initial one, with no consumption made or lost)."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import asyncpg
 import orjson
 import pytest
 
 from ingest.meters import parse_meters_file_bytes
+from nhjc.cli import main as cli_main
 from nhjc.demo_meters import Instruments, replacement_time
 from tools.sim import Scenario, pilot_enterprises
 from tools.sim.instruments import (
@@ -137,3 +139,12 @@ async def test_the_demo_loads_the_instruments_and_records_the_replacement_once_d
         assert retired == dt.datetime.fromtimestamp(at, dt.UTC)
     finally:
         await pool.close()
+
+
+def test_simulate_writes_the_instruments_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "instruments.json"
+    assert cli_main(["simulate", "--enterprises", "3", "--seed", "107", "--write-instruments", str(path)]) == 0
+    specs = parse_meters_file_bytes(path.read_bytes())
+    fleet = pilot_enterprises(3, seed=107)
+    assert len(specs) == sum(len(e.items) for e in fleet)
+    assert f"wrote {len(specs)} instruments of 3 enterprises" in capsys.readouterr().out
