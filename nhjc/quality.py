@@ -53,13 +53,15 @@ async def report_rows(conn: asyncpg.Connection, month: date, *, zone: ZoneInfo, 
     await refresh_month(conn, month, zone=zone, settle_s=settle_s, now=now)
     items: dict[str, list[dict[str, Any]]] = {}
     for r in await conn.fetch(
-            "SELECT enterprise, code, expected, received, day_sum, month_value, agrees FROM quality_items"
-            " WHERE month = $1 AND ($2::text IS NULL OR enterprise = $2) ORDER BY enterprise, code",
+            "SELECT enterprise, code, expected, received, pinned, parts_sum, whole_value, agrees FROM quality_items"
+            " WHERE period = 'month' AND period_start = $1 AND ($2::text IS NULL OR enterprise = $2)"
+            " ORDER BY enterprise, code",
             month, enterprise):
         items.setdefault(r["enterprise"], []).append({
             "code": r["code"], "expected": r["expected"], "received": r["received"],
             "completeness": r["received"] / r["expected"] if r["expected"] else None,
-            "day_sum": r["day_sum"], "month_value": r["month_value"], "agrees": r["agrees"]})
+            "start_accuracy": r["pinned"] / r["received"] if r["received"] else None,
+            "day_sum": r["parts_sum"], "month_value": r["whole_value"], "agrees": r["agrees"]})
     return [{
         "enterprise": s.enterprise, "month": f"{month:%Y-%m}",
         "completeness": s.completeness, "items": s.items, "items_complete": s.items_complete,

@@ -1,6 +1,6 @@
 """The platforms' scorecard, computed ahead of them: per enterprise and local day and
 month, the four figures the provincial platforms judge an enterprise's data by, kept in
-``quality_daily`` (and per item and month in ``quality_items``) and exported as a few
+``quality_daily`` (and per item in ``quality_items``) and exported as a few
 bounded gauges.  :class:`ScorecardJob` is a stage for :class:`runtime.runner.StageRunner`.
 
 The four measures (docs/metrology.md says why each is measured this way):
@@ -27,7 +27,9 @@ The four measures (docs/metrology.md says why each is measured this way):
 Each step recomputes the last ``processing.scorecard_days`` local days (late readings
 change them) and any day of the current or previous month that has no row yet (the
 first steps after a start fill them, at most :data:`DAYS_PER_STEP` a step), then the
-months of those days.  Each day and month is rewritten whole, in one transaction.
+months of those days.  Each day and month is rewritten whole, in one transaction.  A
+day reads its own 15-minute values and readings; a month adds up its days' item rows and
+reads only its month values, so a round costs the same on the 1st and the 31st.
 """
 
 from __future__ import annotations
@@ -136,11 +138,13 @@ async def refresh(db: asyncpg.Pool | asyncpg.Connection, days: Iterable[date], *
     months = {month_of(d) for d in days}
     async with _connection(db) as conn, conn.transaction():
         for d in days:
+            await conn.execute(sql.ITEMS_DELETE, "day", d)
+            await conn.execute(sql.DAY_ITEMS_INSERT, zone.key, d, settled)
             await conn.execute(sql.DAY_DELETE, d)
-            await conn.execute(sql.DAY_INSERT, zone.key, d, settled)
-        for m in sorted(months):
-            await conn.execute(sql.ITEMS_DELETE, m)
-            await conn.execute(sql.ITEMS_INSERT, zone.key, m, settled)
+            await conn.execute(sql.DAY_INSERT, zone.key, d)
+        for m in sorted(months):  # from their days' rows: the month's values are not read again
+            await conn.execute(sql.ITEMS_DELETE, "month", m)
+            await conn.execute(sql.MONTH_ITEMS_INSERT, zone.key, m)
             await conn.execute(sql.MONTH_DELETE, m)
             await conn.execute(sql.MONTH_INSERT, m)
     return months

@@ -127,11 +127,16 @@ async def test_day_and_month_scores_by_hand(db: str) -> None:
         # E2: instrument-days over the 11 days: M1 11 in, M2 9 of 11, M3 0 of 11, M4 5 of 5
         assert key(month[E2]) == (1, 960, 90, 0, 1, 1, 90, 89, 38, 25)
         assert key(month[E3]) == (0, 0, 0, 0, 0, 0, 0, 0, 11, 11)
-        items = {(r["enterprise"], r["code"]): (r["expected"], r["received"], r["day_sum"], r["month_value"], r["agrees"])
-                 for r in await conn.fetch("SELECT * FROM quality_items WHERE month = $1", MARCH)}
+        items = {(r["enterprise"], r["code"]): (r["expected"], r["received"], r["parts_sum"], r["whole_value"], r["agrees"])
+                 for r in await conn.fetch("SELECT * FROM quality_items WHERE period = 'month' AND period_start = $1",
+                                           MARCH)}
         assert items == {(E1, EL): (960, 96, 196.0, 200.0, True), (E1, GAS): (960, 80, 170.0, None, False),
                          (E1, POWER): (960, 96, 50.0, 50.0, None), (E1, NEW): (96, 0, None, None, None),
                          (E2, EL): (960, 90, 93.0, 93.0, True)}
+        # per item and day: GAS 80 of 96, none pinned, 160 against 170
+        gas = await conn.fetchrow("SELECT expected, received, pinned, parts_sum, whole_value, agrees FROM quality_items"
+                                  " WHERE period = 'day' AND period_start = $1 AND code = $2", DAY, GAS)
+        assert tuple(gas) == (96, 80, 0, 160.0, 170.0, False)
         # the month's completeness is the sum of its days'
         sums = await conn.fetchrow("SELECT sum(expected) AS e, sum(received) AS r FROM quality_daily"
                                    " WHERE period = 'day' AND enterprise = $1 AND period_start >= $2", E1, MARCH)

@@ -32,18 +32,23 @@ CREATE TABLE quality_daily (
 );
 CREATE INDEX quality_daily_enterprise ON quality_daily (enterprise, period, period_start);
 
--- The same per item, for months: how complete each item is and whether its day values
--- add up to its month value (agrees is NULL where nothing is compared: instant items,
--- which are averages, and items with neither day nor month values).
+-- The same per item and day or month: how complete each item is, how many of its values
+-- have their start pinned by a reading, and whether its finer values add up to its
+-- coarser one (day: its 15-minute values against its day value; month: its day values
+-- against its month value).  agrees is NULL where nothing is compared: instant items,
+-- which are averages, and items with neither finer nor coarser values.  The month rows
+-- are sums of the day rows, so a month never reads its 15-minute values again.
 CREATE TABLE quality_items (
-    enterprise   text NOT NULL,
-    code         text NOT NULL,
-    month        date NOT NULL,                   -- the 1st of the local month
-    expected     bigint NOT NULL,
-    received     bigint NOT NULL,
-    day_sum      double precision,                -- sum of its day values (coverage > 0)
-    month_value  double precision,                -- its month value (coverage > 0)
-    agrees       boolean,
-    computed_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (month, enterprise, code)
+    enterprise    text NOT NULL,
+    code          text NOT NULL,
+    period        text NOT NULL CHECK (period IN ('day', 'month')),
+    period_start  date NOT NULL,
+    expected      bigint NOT NULL,
+    received      bigint NOT NULL,
+    pinned        bigint NOT NULL,
+    parts_sum     double precision,               -- sum of the finer values (coverage > 0)
+    whole_value   double precision,               -- the coarser value (coverage > 0)
+    agrees        boolean,
+    computed_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (period, period_start, enterprise, code)
 );
