@@ -137,9 +137,12 @@ async def refresh(db: asyncpg.Pool | asyncpg.Connection, days: Iterable[date], *
     days = sorted(set(days))
     months = {month_of(d) for d in days}
     async with _connection(db) as conn, conn.transaction():
+        # A day's values and readings are joined in memory: room for them without spilling.
+        await conn.execute("SET LOCAL work_mem = '64MB'")
         for d in days:
             await conn.execute(sql.ITEMS_DELETE, "day", d)
-            await conn.execute(sql.DAY_ITEMS_INSERT, zone.key, d, settled)
+            b = await conn.fetchrow(sql.DAY_BOUNDS, zone.key, d, settled)
+            await conn.execute(sql.DAY_ITEMS_INSERT, zone.key, d, b["day_start"], b["day_end"], b["cutoff"])
             await conn.execute(sql.DAY_DELETE, d)
             await conn.execute(sql.DAY_INSERT, zone.key, d)
         for m in sorted(months):  # from their days' rows: the month's values are not read again

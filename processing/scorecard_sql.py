@@ -14,7 +14,7 @@ added during the day from midnight on.
 
 from __future__ import annotations
 
-__all__ = ["DAY_DELETE", "DAY_INSERT", "DAY_ITEMS_INSERT", "ITEMS_DELETE", "MONTH_DELETE", "MONTH_INSERT",
+__all__ = ["DAY_BOUNDS", "DAY_DELETE", "DAY_INSERT", "DAY_ITEMS_INSERT", "ITEMS_DELETE", "MONTH_DELETE", "MONTH_INSERT",
            "MONTH_ITEMS_INSERT", "PIN_TOLERANCE_S", "SCORE_COLUMNS", "TOLERANCE"]
 
 # A period's start is pinned when the item has a reading this close to it (seconds).
@@ -48,35 +48,42 @@ _AGREES = """CASE WHEN {kind} = 'instant' OR ({parts} IS NULL AND {whole} IS NUL
                 ELSE abs(coalesce({parts}, 0) - coalesce({whole}, 0)) <= {tol} * abs(coalesce({whole}, 0)) + 1e-9
            END"""
 
-# $1 zone, $2 the local day (date), $3 the settled instant (now - settle).  One row per
-# item counted that day.
-DAY_ITEMS_INSERT = f"""
-WITH bounds AS (
+# $1 zone, $2 the local day (date), $3 the settled instant (now - settle): the day's
+# start and end, and the end of its settled 15-minute periods.  Computed first and passed
+# to the day's statement as values, so that it reads only the chunks of that day.
+DAY_BOUNDS = """
+WITH b AS (
     SELECT $2::date::timestamp AT TIME ZONE $1::text AS day_start,
            ($2::date + 1)::timestamp AT TIME ZONE $1::text AS day_end
-), span AS (
-    SELECT day_start, day_end,
-           least(day_end, day_start + floor(greatest(extract(epoch FROM $3::timestamptz - day_start), 0) / 900)
-                                      * interval '15 minutes') AS cutoff
-    FROM bounds
-), reg AS (
+)
+SELECT day_start, day_end,
+       least(day_end, day_start + floor(greatest(date_part('epoch', $3::timestamptz - day_start), 0) / 900)
+                                  * interval '15 minutes') AS cutoff
+FROM b
+"""
+
+# $1 zone, $2 the local day (date), $3 its start, $4 its end, $5 the end of its settled
+# periods (DAY_BOUNDS).  One row per item counted that day.
+DAY_ITEMS_INSERT = f"""
+WITH reg AS MATERIALIZED (
     SELECT i.enterprise, i.code, i.kind
-    FROM items i CROSS JOIN span
-    WHERE {_REGISTERED} < span.day_end
-), quarters AS (  -- every 15-minute value of the day with coverage (settled or not)
-    SELECT c.enterprise, c.code, c.period_start, c.value, c.period_start < span.cutoff AS settled
-    FROM consumption c JOIN reg ON reg.enterprise = c.enterprise AND reg.code = c.code CROSS JOIN span
-    WHERE c.stat_type = 0 AND c.coverage > 0 AND c.period_start >= span.day_start AND c.period_start < span.day_end
-), pins AS (  -- period starts with a finite reading of the item within the tolerance
-    SELECT DISTINCT r.enterprise, r.code,
-           span.day_start + round(extract(epoch FROM r.ts - span.day_start) / 900) * interval '15 minutes'
+    FROM items i
+    WHERE {_REGISTERED} < $4::timestamptz
+), quarters AS MATERIALIZED (  -- every 15-minute value of the day with coverage (settled or not)
+    SELECT c.enterprise, c.code, c.period_start, c.value, c.period_start < $5::timestamptz AS settled
+    FROM consumption c JOIN reg ON reg.enterprise = c.enterprise AND reg.code = c.code
+    WHERE c.stat_type = 0 AND c.coverage > 0 AND c.period_start >= $3::timestamptz AND c.period_start < $4::timestamptz
+), pins AS MATERIALIZED (  -- period starts with a finite reading of the item within the tolerance
+    SELECT r.enterprise, r.code,
+           $3::timestamptz + round(date_part('epoch', r.ts - $3::timestamptz) / 900) * interval '15 minutes'
                AS period_start
-    FROM readings r JOIN reg ON reg.enterprise = r.enterprise AND reg.code = r.code CROSS JOIN span
-    WHERE r.ts >= span.day_start - make_interval(secs => {PIN_TOLERANCE_S})
-      AND r.ts <= span.cutoff + make_interval(secs => {PIN_TOLERANCE_S})
-      AND abs(extract(epoch FROM r.ts - span.day_start)
-              - round(extract(epoch FROM r.ts - span.day_start) / 900) * 900) <= {PIN_TOLERANCE_S}
+    FROM readings r JOIN reg ON reg.enterprise = r.enterprise AND reg.code = r.code
+    WHERE r.ts >= $3::timestamptz - interval '{PIN_TOLERANCE_S:g} seconds'
+      AND r.ts <= $5::timestamptz + interval '{PIN_TOLERANCE_S:g} seconds'
+      AND abs(date_part('epoch', r.ts - $3::timestamptz)
+              - round(date_part('epoch', r.ts - $3::timestamptz) / 900) * 900) <= {PIN_TOLERANCE_S}
       AND r.value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8)
+    GROUP BY 1, 2, 3
 ), per_item AS (
     SELECT reg.enterprise, reg.code, reg.kind,
            count(*) FILTER (WHERE q.settled) AS received,
@@ -90,12 +97,12 @@ WITH bounds AS (
 INSERT INTO quality_items (enterprise, code, period, period_start, expected, received, pinned, parts_sum,
                            whole_value, agrees)
 SELECT pi.enterprise, pi.code, 'day', $2::date,
-       (SELECT (extract(epoch FROM cutoff - day_start) / 900)::bigint FROM span),
+       (date_part('epoch', $5::timestamptz - $3::timestamptz) / 900)::bigint,
        pi.received, pi.pinned, pi.parts_sum, dv.value,
        {_AGREES.format(kind="pi.kind", parts="pi.parts_sum", whole="dv.value", tol=TOLERANCE)}
-FROM per_item pi CROSS JOIN span
+FROM per_item pi
 LEFT JOIN consumption dv ON dv.enterprise = pi.enterprise AND dv.code = pi.code AND dv.stat_type = 1
-                        AND dv.period_start = span.day_start AND dv.coverage > 0
+                        AND dv.period_start = $3::timestamptz AND dv.coverage > 0
 """
 
 # The enterprise rows of one day: its item rows and its instruments.  $1 zone, $2 the
