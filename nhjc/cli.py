@@ -22,7 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "enterprises": ("nhjc.admin", "manage the enterprise registry (enterprises load FILE, enterprises list)"),
     "meters": ("nhjc.meters_admin",
                "the measuring-instrument registry (meters load FILE, meters list [--enterprise CODE],"
-               " meters report [--enterprise CODE] [--format table|json|csv])"),
+               " meters report [--enterprise CODE] [--format table|json|csv],"
+               " meters replace --enterprise CODE --data-code CODE --time T --old-final X --new-initial Y)"),
     "uplink": ("nhjc.uplink_admin",
                "records the platforms refused (uplink rejected [--target NAME] [--limit N],"
                " uplink resend --target NAME --enterprise CODE)"),

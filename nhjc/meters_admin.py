@@ -1,4 +1,4 @@
-"""``nhjc meters load FILE | list | report``: the instrument registry (docs/metrology.md)."""
+"""``nhjc meters load FILE | list | report | replace``: the instrument registry (docs/metrology.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from config.settings import Settings
 from ingest.meters import MetersError, parse_meters_file_bytes, upsert_meters
 from nhjc.admin import Refused, add_load, fail, load_file
 from nhjc.meters_report import FORMATS, build_report, render
+from nhjc.replace_admin import add_replace, main_replace
 from nhjc.startup import DATABASE_ERRORS, database_problem
 
 __all__ = ["configure_meters", "main_meters"]
@@ -29,6 +30,7 @@ def configure_meters(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--format", choices=FORMATS, default="table", help="table (default), json or csv")
     report.add_argument("--today", type=dt.date.fromisoformat, default=None,
                         help="judge as of this date, YYYY-MM-DD (default: today in the configured time zone)")
+    add_replace(sub)
 
 
 _LIST = """
@@ -68,6 +70,8 @@ async def _report(dsn: str, settings: Settings, enterprise: str | None, today: d
 
 
 def main_meters(args: argparse.Namespace, settings: Settings) -> int:
+    if args.meters_command == "replace":
+        return main_replace(args, settings)
     command = f"meters {args.meters_command}"
     dsn = settings.database.dsn()
     try:

@@ -26,6 +26,7 @@ from processing.periodvalues import (
     gap_tiers,
     totals,
 )
+from processing.replacing import Replacements
 from processing.segments import Readings, Segments, Validated, segment_flags, validate
 from processing.stuck import Movers, StuckCandidates, apply_stuck, candidates, flag_stuck
 
@@ -58,10 +59,11 @@ class FirstPass:
 
 def first_pass(readings: Readings, items: ItemTable, *, max_gap_us: int, stuck_after_us: int,
                quarter_bounds: np.ndarray, run_since: np.ndarray | None = None,
-               registry_flags: np.ndarray | None = None) -> FirstPass:
+               registry_flags: np.ndarray | None = None,
+               replacements: Replacements | None = None) -> FirstPass:
     """Validation; ``registry_flags`` (per reading) are flags that the registries decide,
     not the readings (UNVERIFIED, processing.verification), added to what validation finds."""
-    v = validate(readings, items, max_gap_us=max_gap_us)
+    v = validate(readings, items, max_gap_us=max_gap_us, replacements=replacements)
     if registry_flags is not None and registry_flags.any():
         v = replace(v, quality=(v.quality | registry_flags).astype(np.int32))
     flags = segment_flags(v.segments, v.quality)
@@ -111,15 +113,18 @@ def tier_rows(seg: Segments, flags: np.ndarray, quarters: PeriodRows, bounds: di
 
 def compute(readings: Readings, items: ItemTable, calendar: Calendar, *, max_gap_s: float = 1800.0,
             stuck_after_s: float = 6 * 3600.0, hierarchical: bool = True,
-            registry_flags: np.ndarray | None = None, suspect: int = SUSPECT) -> Result:
-    """Everything the readings given determine, as if they were the items' whole history
+            registry_flags: np.ndarray | None = None, suspect: int = SUSPECT,
+            replacements: Replacements | None = None) -> Result:
+    """Everything the readings given (and the items' recorded meter replacements)
+    determine, as if they were the items' whole history
     (``registry_flags`` and ``suspect``: see :func:`first_pass` and periodvalues.finish)."""
     max_gap_us, stuck_after_us = int(max_gap_s * 1e6), int(stuck_after_s * 1e6)
     lo = int(readings.ts.min()) if len(readings) else 0
     hi = int(readings.ts.max()) if len(readings) else 0
     bounds = {tier: calendar.bounds(tier, lo, hi) for tier in TIERS}
     first = first_pass(readings, items, max_gap_us=max_gap_us, stuck_after_us=stuck_after_us,
-                       quarter_bounds=bounds[QUARTER], registry_flags=registry_flags)
+                       quarter_bounds=bounds[QUARTER], registry_flags=registry_flags,
+                       replacements=replacements)
     quality, flags, quarters = second_pass(first, items)
     v = first.validated
     tiers = tier_rows(v.segments, flags, quarters, bounds, hierarchical=hierarchical)

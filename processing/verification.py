@@ -23,7 +23,7 @@ instruments and their few periods; the readings are judged with one sort, vector
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -34,7 +34,7 @@ from ingest.quality import UNVERIFIED
 from processing.itemtable import ItemTable
 from processing.segments import Readings
 
-__all__ = ["INSTRUMENTS", "Instruments", "covered", "unverified_flags"]
+__all__ = ["INSTRUMENTS", "REPLACEMENTS", "Instruments", "covered", "unverified_flags"]
 
 _NEVER = np.iinfo(np.int64).min
 _EVER = np.iinfo(np.int64).max
@@ -44,22 +44,25 @@ def _us(expr: str) -> str:
     return f"(extract(epoch FROM {expr}) * 1000000)::int8"
 
 
-# The instruments of each item (k: its position in the run's list), the time they are in
-# force from and to (NULL: unbounded), their state, and their verification periods as
-# [start of valid_from, start of the day after valid_until) in the zone's local time ($4).
+# The instruments of the run's enterprises, with their verification periods as [start of
+# valid_from, start of the day after valid_until) in the zone's local time ($2).  Read per
+# enterprise (an index scan each), not per item: the registry of an enterprise is small,
+# and matching its instruments to items is a dictionary look-up.
 INSTRUMENTS = f"""
-SELECT u.k, m.align_state, f.since, {_us('least(m.retired_at, o.until)')} AS until,
-  (SELECT array_agg({_us("(v.valid_from::timestamp AT TIME ZONE $4)")} ORDER BY v.valid_from)
-     FROM meter_verifications v WHERE v.enterprise = m.enterprise AND v.ser_no = m.ser_no) AS lo,
-  (SELECT array_agg({_us("((v.valid_until + 1)::timestamp AT TIME ZONE $4)")} ORDER BY v.valid_from)
-     FROM meter_verifications v WHERE v.enterprise = m.enterprise AND v.ser_no = m.ser_no) AS hi
-FROM unnest($1::int4[], $2::text[], $3::text[]) AS u(k, e, c)
-JOIN meters m ON m.enterprise = u.e AND u.c = ANY(m.data_codes)
-CROSS JOIN LATERAL (SELECT {_us('max(r.replaced_at)')} AS since FROM meter_replacements r
-                    WHERE r.enterprise = u.e AND r.code = u.c AND r.new_ser_no = m.ser_no) AS f
-CROSS JOIN LATERAL (SELECT min(r.replaced_at) AS until FROM meter_replacements r
-                    WHERE r.enterprise = u.e AND r.code = u.c AND r.old_ser_no = m.ser_no
-                      AND (f.since IS NULL OR {_us('r.replaced_at')} > f.since)) AS o
+SELECT m.enterprise, m.ser_no, m.data_codes, m.align_state, {_us('m.retired_at')} AS retired, p.lo, p.hi
+FROM unnest($1::text[]) AS u(e)
+CROSS JOIN LATERAL (SELECT * FROM meters m WHERE m.enterprise = u.e OFFSET 0) AS m
+CROSS JOIN LATERAL (
+  SELECT array_agg({_us("(v.valid_from::timestamp AT TIME ZONE $2)")}) AS lo,
+         array_agg({_us("((v.valid_until + 1)::timestamp AT TIME ZONE $2)")}) AS hi
+  FROM meter_verifications v WHERE v.enterprise = m.enterprise AND v.ser_no = m.ser_no
+) AS p
+"""
+
+REPLACEMENTS = f"""
+SELECT r.enterprise, r.code, {_us('r.replaced_at')} AS at, r.old_ser_no, r.new_ser_no
+FROM unnest($1::text[]) AS u(e)
+CROSS JOIN LATERAL (SELECT * FROM meter_replacements r WHERE r.enterprise = u.e OFFSET 0) AS r
 """
 
 
@@ -73,19 +76,34 @@ class Instruments:
         self.item, self.lo, self.hi = item, lo, hi
 
     @classmethod
-    def from_rows(cls, items_of_k: np.ndarray, rows: Sequence[Any]) -> Instruments:
-        """From rows of :data:`INSTRUMENTS` (k indexes ``items_of_k``)."""
+    def from_rows(cls, index: Mapping[tuple[str, str], int], meters: Sequence[Any],
+                  replacements: Sequence[Any]) -> Instruments:
+        """From rows of :data:`INSTRUMENTS` and :data:`REPLACEMENTS`; ``index`` maps the
+        (enterprise, code) of the items to judge to their item index."""
+        since: dict[tuple[str, str, str], int] = {}  # (enterprise, code, new serial) -> from
+        ends: dict[tuple[str, str, str], list[int]] = {}  # (enterprise, code, old serial) -> times
+        for r in replacements:
+            if r["new_ser_no"]:
+                key = (r["enterprise"], r["code"], r["new_ser_no"])
+                since[key] = max(since.get(key, _NEVER), int(r["at"]))
+            if r["old_ser_no"]:
+                ends.setdefault((r["enterprise"], r["code"], r["old_ser_no"]), []).append(int(r["at"]))
         out_item: list[int] = []
         out_lo: list[int] = []
         out_hi: list[int] = []
-        for row in rows:  # one per instrument and item: a handful per enterprise
-            item = int(items_of_k[int(row["k"])])
-            since = _NEVER if row["since"] is None else int(row["since"])
-            until = _EVER if row["until"] is None else int(row["until"])
-            for lo, hi in _bad(str(row["align_state"]), since, until, row["lo"], row["hi"]):
-                out_item.append(item)
-                out_lo.append(lo)
-                out_hi.append(hi)
+        for m in meters:  # one per instrument: a handful per item
+            for code in m["data_codes"]:
+                item = index.get((m["enterprise"], code))
+                if item is None:
+                    continue
+                key = (m["enterprise"], code, m["ser_no"])
+                start = since.get(key, _NEVER)
+                until = _EVER if m["retired"] is None else int(m["retired"])
+                until = min([until, *(t for t in ends.get(key, ()) if t > start)])
+                for lo, hi in _bad(str(m["align_state"]), start, until, m["lo"], m["hi"]):
+                    out_item.append(item)
+                    out_lo.append(lo)
+                    out_hi.append(hi)
         return cls(np.array(out_item, np.int64), np.array(out_lo, np.int64), np.array(out_hi, np.int64))
 
     def __len__(self) -> int:
@@ -144,11 +162,12 @@ async def unverified_flags(conn: asyncpg.Connection, items: ItemTable, r: Readin
     if len(r) == 0:
         return flags
     u = np.unique(r.item)
-    ents = np.asarray(items.enterprise, dtype=object)[u].tolist()
-    codes = np.asarray(items.code, dtype=object)[u].tolist()
-    rows = await conn.fetch(INSTRUMENTS, np.arange(len(u), dtype=np.int32).tolist(), ents, codes, zone.key)
-    if not rows:
+    index = {(items.enterprise[i], items.code[i]): i for i in u.tolist()}
+    enterprises = sorted({e for e, _ in index})
+    meters = await conn.fetch(INSTRUMENTS, enterprises, zone.key)
+    if not meters:
         return flags
-    bad = Instruments.from_rows(u, rows)
+    replacements = await conn.fetch(REPLACEMENTS, enterprises)
+    bad = Instruments.from_rows(index, meters, replacements)
     flags[covered(r.item, r.ts, bad.item, bad.lo, bad.hi)] = UNVERIFIED
     return flags

@@ -9,6 +9,8 @@ A real HTTP(S) server (aiohttp).  The protocol calls are the flavour's
 ``GET  /_stats``           what it received: counts, resends, rejections, mode
 ``GET  /_records``         every distinct record received, with its resend count
 ``GET  /_configs``         the last item configuration per enterprise (gbt37947)
+``GET  /_meters``          the measuring instruments: every call taken, and the
+                           instruments held per enterprise by dataIndex
 ``GET|POST /_control``     read or change the behaviour (see :class:`Mode`); POST
                            also takes the actions ``expire_tokens`` (yunnan: every
                            token refused from now on) and ``rotate_keys`` (shandong:
@@ -133,6 +135,7 @@ class MockPlatform:
         app.router.add_get("/_stats", self._stats)
         app.router.add_get("/_records", self._records)
         app.router.add_get("/_configs", self._configs)
+        app.router.add_get("/_meters", self._meters)
         app.router.add_get("/_control", self._get_control)
         app.router.add_post("/_control", self._post_control)
         app.router.add_post("/_reset", self._reset)
@@ -265,6 +268,10 @@ class MockPlatform:
     async def _configs(self, request: web.Request) -> web.Response:
         return web.json_response(self.state.configs, dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
+    async def _meters(self, request: web.Request) -> web.Response:
+        return web.json_response({"calls": self.state.meter_calls, "gauges": self.state.gauges},
+                                 dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
     async def _get_control(self, request: web.Request) -> web.Response:
         return web.json_response(asdict(self.mode))
 
@@ -334,9 +341,14 @@ def configure_mock_platform(parser: argparse.ArgumentParser) -> None:
                         help="reject records with this dataCode with HTTP 400 (repeatable)")
     parser.add_argument("--refuse-code", action="append", default=[], metavar="DATACODE",
                         help="refuse records with this dataCode with HTTP 200, responseCode 1 (repeatable)")
+    parser.add_argument("--reject-meter", action="append", default=[], metavar="SERNO",
+                        help="reject instrument calls for this serNo with HTTP 400 (repeatable)")
+    parser.add_argument("--no-metering-url", action="store_true",
+                        help="gbt37947: leave centerMeteringDataUrl out of the register reply")
     parser.add_argument("--fail-after", type=int, metavar="N", help="go down after N more data requests")
     parser.add_argument("--only", action="append", default=[], metavar="CALL",
-                        help="limit injected failures to this call: register, config, dictionary, data")
+                        help="limit injected failures to this call: register, config, dictionary, data,"
+                             " gauge, gauge_verify, gauge_replace, metering")
 
 
 def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -354,6 +366,7 @@ async def _serve(args: argparse.Namespace, pins: dict[str, str]) -> None:
     mode = Mode(down=args.down, slow_s=args.slow, fail_status=args.fail_status, fail_code=args.fail_code,
                 busy=args.busy, reject=args.reject, reject_codes=list(args.reject_code),
                 refuse_codes=list(args.refuse_code), fail_after=args.fail_after, only=list(args.only),
+                reject_meters=list(args.reject_meter), metering_url=not args.no_metering_url,
                 upload_time=args.upload_time, token_ttl_s=args.token_ttl)
     platform = MockPlatform(name=args.name, flavour=args.flavour, host=args.host, port=args.port,
                             ssl_context=_server_ssl(args), mode=mode, secret=args.secret, pins=pins,

@@ -59,6 +59,8 @@ class Mode:
     reg_version: str = "1"              # gbt37947/shandong: the dictionary version call's answer
     dic_version: str = "1"
     token_ttl_s: int = 7200             # yunnan: akExpiresIn of the tokens handed out from now on
+    reject_meters: list[str] = field(default_factory=list)  # HTTP 400 naming an instrument call with these serNos
+    metering_url: bool = True           # gbt37947: the register reply gives centerMeteringDataUrl
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -105,6 +107,20 @@ class State:
         self.keys_issued = 0
         self.tokens: dict[str, tuple[str, float]] = {}  # yunnan: token -> (enterprise, expiry, monotonic)
         self.tokens_issued = 0
+        # Measuring instruments: every call taken (call, enterpriseCode, operation,
+        # dataIndex, data), and the instruments held, per enterprise by dataIndex.
+        self.meter_calls: list[dict[str, Any]] = []
+        self.gauges: dict[str, dict[str, dict[str, Any]]] = {}
+        self.next_index = 1
+
+    def new_index(self) -> str:
+        index = f"G{self.next_index:06d}"
+        self.next_index += 1
+        return index
+
+    def meter_call(self, call: str, enterprise: str, body: dict[str, Any], data: Any) -> None:
+        self.meter_calls.append({"call": call, "enterpriseCode": enterprise, "operation": body.get("operation"),
+                                 "dataIndex": body.get("dataIndex"), "data": data})
 
     def count_failure(self, kind: str) -> None:
         self.failed[kind] = self.failed.get(kind, 0) + 1
@@ -128,6 +144,8 @@ class State:
             "dictionary_checks": self.dictionary_checks,
             "keys_issued": self.keys_issued,
             "tokens_issued": self.tokens_issued,
+            "meter_calls": len(self.meter_calls),
+            "gauges": sum(len(g) for g in self.gauges.values()),
         }
 
 
