@@ -106,7 +106,8 @@ LEFT JOIN consumption dv ON dv.enterprise = pi.enterprise AND dv.code = pi.code 
 """
 
 # The enterprise rows of one day: its item rows and its instruments.  $1 zone, $2 the
-# local day.  An instrument counts on a day unless retired before it began.
+# local day.  An instrument counts on a day unless retired before it began, or recorded
+# as the replacement of another one after it ended.
 DAY_INSERT = f"""
 WITH items AS ({_ENTERPRISE_ITEMS.format(period="'day'", start="$2::date")}
 ), instruments AS (
@@ -116,7 +117,11 @@ WITH items AS ({_ENTERPRISE_ITEMS.format(period="'day'", start="$2::date")}
                WHERE v.enterprise = m.enterprise AND v.ser_no = m.ser_no
                  AND v.valid_from <= $2::date AND v.valid_until >= $2::date)) AS meters_verified
     FROM meters m
-    WHERE m.retired_at IS NULL OR m.retired_at > ($2::date::timestamp AT TIME ZONE $1::text)
+    WHERE (m.retired_at IS NULL OR m.retired_at > ($2::date::timestamp AT TIME ZONE $1::text))
+      -- a replacing instrument is in service from its replacement on
+      AND NOT EXISTS (SELECT 1 FROM meter_replacements r
+                      WHERE r.enterprise = m.enterprise AND r.new_ser_no = m.ser_no
+                        AND r.replaced_at >= (($2::date + 1)::timestamp AT TIME ZONE $1::text))
     GROUP BY m.enterprise
 )
 INSERT INTO quality_daily ({SCORE_COLUMNS})

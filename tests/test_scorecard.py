@@ -142,10 +142,24 @@ async def test_day_and_month_scores_by_hand(db: str) -> None:
                                    " WHERE period = 'day' AND enterprise = $1 AND period_start >= $2", E1, MARCH)
         assert (sums["e"], sums["r"]) == (month[E1].expected, month[E1].received)
 
+        # a replacing instrument counts from the day of its replacement: M6 replaced M1 on
+        # the 10th at 12:00, so on the 9th E2 has M1 to M4 only
+        await conn.execute("INSERT INTO meters (enterprise, ser_no, meter_name, meter_level, align_state, source)"
+                           " VALUES ($1, 'M6', 'meter', 1, 'none', 'test')", E2)
+        await conn.execute("UPDATE meters SET retired_at = $1 WHERE enterprise = $2 AND ser_no = 'M1'",
+                           datetime(2026, 3, 10, 12, tzinfo=ZONE), E2)
+        await conn.execute("INSERT INTO meter_replacements (enterprise, code, replaced_at, old_ser_no, new_ser_no,"
+                           " old_final, new_initial, source) VALUES ($1, $2, $3, 'M1', 'M6', 10, 0, 'test')",
+                           E2, EL, datetime(2026, 3, 10, 12, tzinfo=ZONE))
+        await refresh(conn, [DAY - timedelta(days=1), DAY], zone=ZONE, settle_s=SETTLE_S, now=NOW)
+        assert (lambda s: (s.meters, s.meters_verified))((await scores(conn, "day", DAY - timedelta(days=1), E2))[0]) \
+            == (3, 2)  # M1, M2, M3 (M4 retired on the 5th)
+        assert (lambda s: (s.meters, s.meters_verified))((await scores(conn, "day", DAY, E2))[0]) \
+            == (4, 1)  # M1 (until noon), M2 expired, M3 never, M6 not verified
         # a rewrite follows the data: E2's items gone, the day keeps only its instruments
         await conn.execute("DELETE FROM items WHERE enterprise = $1", E2)
         await refresh(conn, [DAY], zone=ZONE, settle_s=SETTLE_S, now=NOW)
-        assert key((await scores(conn, "day", DAY, E2))[0]) == (0, 0, 0, 0, 0, 0, 0, 0, 3, 1)
+        assert key((await scores(conn, "day", DAY, E2))[0]) == (0, 0, 0, 0, 0, 0, 0, 0, 4, 1)
     finally:
         await conn.close()
 
