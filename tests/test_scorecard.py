@@ -24,6 +24,7 @@ from nhjc.quality import render_report, report_rows
 from processing.scorecard import Score, ScorecardJob, refresh, refresh_month, scores
 from tests.services import ROOT
 from tools.gateway import enterprise_code
+from tools.guest import create_database, drop_database
 
 TZ = "Asia/Shanghai"
 ZONE = ZoneInfo(TZ)
@@ -266,3 +267,18 @@ async def test_the_command(db: str) -> None:
     assert r.returncode == 1 and "no scorecard for enterprise nobody in 2026-03" in r.stderr
     r = nhjc(db.rsplit("/", 1)[0] + "/nhjc_no_such_database", "quality", "report")
     assert r.returncode == 1 and r.stderr.startswith("nhjc quality report: ") and "Traceback" not in r.stderr
+
+
+async def test_a_failed_round_is_counted_and_raised_to_the_runner(db: str) -> None:
+    empty = await create_database("nhjc_test_noscorecard")  # no tables: every round fails
+    conn = await asyncpg.connect(empty)
+    try:
+        registry = CollectorRegistry()
+        job = ScorecardJob(ProcessingSettings(timezone=TZ), pool=conn, registry=registry)
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await job.step()
+        assert registry.get_sample_value("nhjc_scorecard_errors_total") == 1
+        assert math.isnan(registry.get_sample_value("nhjc_scorecard_ratio", {"period": "month", "measure": "start"}))
+    finally:
+        await conn.close()
+        await drop_database(empty)
