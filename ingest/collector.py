@@ -76,7 +76,8 @@ class Collector:
         self._receive_maximum = settings.receive_maximum
         self._session_expiry = settings.session_expiry_s
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
-        self._topics = subscriptions(settings.share_group)
+        self._topics = subscriptions(settings.shared_group)
+        self._stale = [t for t in subscriptions("") if t not in self._topics]
         self._on_state = on_state or (lambda connected: None)
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         self.connected = False
@@ -235,6 +236,10 @@ class Collector:
         self.connected = True
         self._on_state(True)
         log.info("connected to %s:%s (session present: %s)", self._host, self._port, flags.session_present)
+        if flags.session_present and self._stale:
+            # A session kept from before the shared group was set still holds the plain
+            # readings subscription: it would bring every reading besides our turn.
+            client.unsubscribe(self._stale)
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._topics])
         self._connected_evt.set()
 

@@ -103,7 +103,7 @@ def guest_settings(settings: Settings, broker_url: str, database_url: str) -> Se
     instance) and its own database."""
     mqtt = settings.mqtt.model_copy(update={
         "url": broker_url, "username": None, "password": None, "ca_file": None, "cert_file": None,
-        "key_file": None, "share_group": ""})
+        "key_file": None, "shared_group": ""})
     # The scratch database's URL carries the password for the driver; the settings keep
     # it apart, as they do for the configured database (never shown in a message).
     url = urlunsplit(urlsplit(settings.database.url)._replace(path=urlsplit(database_url).path))

@@ -27,6 +27,7 @@ from processing.scorecard import ScorecardJob
 from runtime.dberrors import RETRYABLE, DatabaseHealth, is_retryable
 from runtime.dbpool import open_pool
 from runtime.migrate import available
+from runtime.ownership import Ownership, OwnershipEvents
 from runtime.runner import RunnerEvents, Stage, StageRunner
 from uplink import Uplink
 
@@ -79,6 +80,11 @@ class Service:
         self.ingest: IngestStage | None = None
         self.http: HttpEndpoint | None = None
         self.uplink: Uplink | None = None
+        o = settings.ownership
+        # Singular work (each uplink target, completeness, the scorecard) runs where its lock is held.
+        self.ownership = Ownership(settings.database.dsn(), application_name=f"nhjc-owner {settings.mqtt.client_id}",
+                                   heartbeat_s=o.heartbeat_s, deadline_s=o.deadline_s,
+                                   release_after_s=o.release_after_s, events=OwnershipEvents(self.registry))
 
     # --- readiness -----------------------------------------------------------------
     def ready(self) -> dict[str, bool]:
@@ -92,6 +98,10 @@ class Service:
         if not (self.ingest and self.ingest.connected):
             reasons["broker"] = "not connected and subscribed"
         return reasons
+
+    def details(self) -> dict[str, object]:
+        """What /readyz adds to its body: the singular jobs this instance owns now."""
+        return {"owns": self.ownership.held}
 
     async def _watch_database(self, stop: asyncio.Event) -> None:
         """The readiness probe, stepped every PROBE_EVERY_S (after a failure too: the
@@ -110,7 +120,7 @@ class Service:
         asyncio.get_running_loop().set_exception_handler(_quiet_database_leftovers)
         # Listen first: a metrics port in use stops the start before anything connects.
         self.http = HttpEndpoint(host=s.metrics.host, port=s.metrics.port, registry=self.registry,
-                                 ready=self.ready, reasons=self.not_ready_reasons)
+                                 ready=self.ready, reasons=self.not_ready_reasons, details=self.details)
         await self.http.listen()
         try:
             self.pool = await open_pool(
@@ -145,7 +155,10 @@ class Service:
                 ingest.stop()
                 probe_stop.set()
                 gave_up = not await self._finish_ingest(ingest, ingesting)
-                if not await self._stop_downstream(downstream, stop_by) or gave_up:
+                stopped = await self._stop_downstream(downstream, stop_by)
+                # Only now that no owned step runs: the other instances take the jobs over.
+                await self.ownership.close()
+                if not stopped or gave_up:
                     # What was cancelled may still wait on the stalled database (a rollback
                     # on the way out): cut every connection; the server rolls back.
                     self.pool.terminate()
@@ -202,17 +215,23 @@ class Service:
             return StageRunner(stage, interval_s=interval_s, pause_min_s=p.pause_min_s,
                                pause_max_s=p.pause_max_s, health=self.health, events=self.events)
 
+        own = self.ownership
+        heartbeat = own.heartbeat_s
+        # The aggregator is not owned: every instance aggregates, enterprise by enterprise
+        # under the aggregator's own locks.  Singular work is wrapped in own.owned(...).
         aggregator = Aggregator(p, pool=self.pool, registry=self.registry)
-        completeness = CompletenessUpdater(p, pool=self.pool, registry=self.registry)
-        scorecard = ScorecardJob(p, pool=self.pool, registry=self.registry)
+        completeness = own.owned(CompletenessUpdater(p, pool=self.pool, registry=self.registry))
+        scorecard = own.owned(ScorecardJob(p, pool=self.pool, registry=self.registry))
         stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("ownership", StageRunner(own, interval_s=heartbeat, pause_min_s=heartbeat, pause_max_s=heartbeat,
+                                      health=self.health, events=self.events).run(stop)),
             ("aggregator", runner(aggregator, p.interval_ms / 1000).run(stop)),
             ("completeness", runner(completeness, p.completeness_interval_s).run(stop)),
             ("scorecard", runner(scorecard, p.scorecard_interval_s).run(stop)),
         ]
         if any(t.enabled for t in s.uplink.targets.values()):
             self.uplink = Uplink(self.pool, s.uplink, zone=p.zone, registry=self.registry,
-                                 health=self.health, events=self.events)
+                                 health=self.health, events=self.events, owned=own.owned)
             stages.append(("uplink", self.uplink.run(stop)))
         return stages
 

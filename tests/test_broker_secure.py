@@ -263,7 +263,7 @@ def test_nhjc_run_stores_a_gateways_readings_through_the_secure_broker(secure, d
     items = json.dumps({"v": 1, "items": [item(c) for c in codes]}).encode()
     gw.c.publish(f"nhjc/v1/{A}/gw-1/items", items, qos=1, retain=True).wait_for_publish(5)
     env = {"NHJC_MQTT__USERNAME": "nhjc-pipeline", "NHJC_MQTT__PASSWORD": PASSWORDS["nhjc-pipeline"],
-           "NHJC_MQTT__CA_FILE": str(secure.certs["ca"]), "NHJC_MQTT__SHARE_GROUP": "nhjc"}
+           "NHJC_MQTT__CA_FILE": str(secure.certs["ca"]), "NHJC_MQTT__SHARED_GROUP": "nhjc"}
     svc = ServiceProcess(f"mqtts://127.0.0.1:{secure.tls_port}", db, env=env, log=tmp_path / "svc.log").start()
     try:
         rs = [{"code": c, "ts": T0 + i * 60, "value": 100.0 + i} for c in codes for i in range(10)]

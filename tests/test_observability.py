@@ -70,7 +70,7 @@ PENDING: dict[str, str] = {}  # every stage is wired into nhjc run
 # Labels a metric may carry: all of them take values from short fixed lists (or the
 # configured uplink targets).  Never an enterprise, a code, a gateway or a topic.
 ALLOWED_LABELS = {"reason", "level", "since", "le", "flag", "stat_type", "kind", "target", "cause",
-                  "call", "outcome", "band", "quantile", "period", "measure"}
+                  "call", "outcome", "band", "quantile", "work", "change", "period", "measure"}
 
 
 # --- tools ---------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_the_compose_configuration_differs_only_in_its_target() -> None:
 
     local, compose = body("prometheus.yml"), body("prometheus.compose.yml")
     diff = [(a, b) for a, b in zip(local, compose, strict=True) if a != b]
-    assert diff == [('      - targets: ["127.0.0.1:9108"]', '      - targets: ["nhjc:9108"]')]
+    assert diff == [('      - targets: ["127.0.0.1:9108"]', '      - targets: ["nhjc-1:9108", "nhjc-2:9108"]')]
 
 
 def test_alerts_and_dashboards_never_group_by_a_high_cardinality_label() -> None:

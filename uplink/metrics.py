@@ -6,6 +6,7 @@ low-cardinality: the target name and a reason from a fixed list
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from zoneinfo import ZoneInfo
 
@@ -202,6 +203,13 @@ class UplinkMetrics:
     def meter_backlog(self, target: str, *, due: int, rejected: int) -> None:
         self._meter_backlog.labels(target).set(due)
         self._meter_rejected_kept.labels(target).set(rejected)
+
+    def disowned(self, target: str) -> None:
+        """Another instance sends to this target now: its gauges are that instance's."""
+        for gauge in (self._backlog, self._waiting, self._oldest, self._rejected_kept, self._up,
+                      self._meter_backlog, self._meter_rejected_kept):
+            with contextlib.suppress(KeyError):
+                gauge.remove(target)
 
     def backlog(self, target: str, *, due: int, waiting: int, oldest_s: float, rejected: int) -> None:
         self._backlog.labels(target).set(due)

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import random
 import time as _time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry
 
 from config.settings import TargetSettings, UplinkSettings, secret_value
 from runtime.dberrors import DatabaseHealth
-from runtime.runner import RunnerEvents, StageRunner
+from runtime.runner import RunnerEvents, Stage, StageRunner
 from uplink.adapters import FLAVOURS, Adapter, make_adapter
 from uplink.adapters.meters import FLAVOUR_METER_KINDS, MeterKind, MeterSender
 from uplink.delivery import Delivery
@@ -144,6 +144,12 @@ class TargetStage:
         await self._housekeeping()
         return busy
 
+    def disowned(self) -> None:
+        """Another instance owns this target now (runtime.ownership): drop our gauges,
+        and refresh them at once should the target come back to us."""
+        self._metrics.disowned(self.target)
+        self._next_backlog = 0.0
+
     async def _housekeeping(self) -> None:
         mono = _time.monotonic()
         if mono >= self._next_backlog:
@@ -171,8 +177,12 @@ class Uplink:
     def __init__(self, pool: asyncpg.Pool, settings: UplinkSettings, *, zone: ZoneInfo,
                  registry: CollectorRegistry, health: DatabaseHealth, events: RunnerEvents,
                  clock: Clock = utc_now, rng: random.Random | None = None,
-                 adapters: Mapping[str, Adapter] | None = None) -> None:
+                 adapters: Mapping[str, Adapter] | None = None,
+                 owned: Callable[[Stage], Stage] | None = None) -> None:
         adapters = adapters or {}
+        # owned: each target's sender is singular among instances (runtime.ownership);
+        # without it (one instance, tests) every target steps here.
+        own: Callable[[Stage], Stage] = owned or (lambda stage: stage)
         if unknown := set(adapters) - set(settings.targets):
             raise ValueError(f"adapters for unknown uplink targets: {', '.join(sorted(unknown))}")
         self.metrics = UplinkMetrics(registry)
@@ -183,7 +193,7 @@ class Uplink:
             for name, t in settings.targets.items() if t.enabled
         }
         self.runners: dict[str, StageRunner] = {
-            name: StageRunner(stage, interval_s=settings.interval_ms / 1000, pause_min_s=settings.pause_min_s,
+            name: StageRunner(own(stage), interval_s=settings.interval_ms / 1000, pause_min_s=settings.pause_min_s,
                               pause_max_s=settings.pause_max_s, health=health, events=events, rng=rng)
             for name, stage in self.stages.items()
         }

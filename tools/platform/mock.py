@@ -6,7 +6,8 @@ A real HTTP(S) server (aiohttp).  The protocol calls are the flavour's
 :mod:`tools.platform.yunnan`); every flavour has the same control calls:
 
 =========================  =====================================================
-``GET  /_stats``           what it received: counts, resends, rejections, mode
+``GET  /_stats``           what it received: counts, resends, rejections, mode,
+                           overlaps (a record carried by two requests in flight at once)
 ``GET  /_records``         every distinct record received, with its resend count
 ``GET  /_configs``         the last item configuration per enterprise (gbt37947)
 ``GET  /_meters``          the measuring instruments: every call taken, and the
@@ -37,6 +38,7 @@ import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -50,6 +52,7 @@ from tools.platform.state import (
     FAILURE_CODE,
     Handler,
     Mode,
+    Sending,
     State,
     Stored,
     bad,
@@ -68,6 +71,8 @@ DEFAULT_SECRET = "nhjc-demo-secret-0123456789"  # yunnan: a demo secret, never f
 DEFAULT_PIN = "123456"
 FLAVOURS = ("gbt37947", "shandong", "yunnan")
 _MAX_BATCH = 10_000
+# The request being answered (each runs in its own task), for the overlap count.
+_SENDING: ContextVar[Sending | None] = ContextVar("sending", default=None)
 
 class Speaker(Protocol):
     """One flavour's protocol calls."""
@@ -201,8 +206,13 @@ class MockPlatform:
 
     def accept(self, enterprise: str, records: list[dict[str, Any]]) -> web.Response:
         st = self.state
+        sending = _SENDING.get()
         for rec in records:
             key = record_key(enterprise, rec)
+            if sending is not None:
+                earlier = st.sendings.setdefault(key, [])
+                st.overlaps += sum(1 for other in earlier if other is not sending and sending.overlaps(other))
+                earlier.append(sending)
             stored = st.records.get(key)
             if stored is None:
                 st.records[key] = Stored(dict(rec, enterpriseCode=enterprise))
@@ -222,6 +232,14 @@ class MockPlatform:
 
     def _protocol(self, call: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def wrapped(request: web.Request) -> web.StreamResponse:
+            sending = Sending()
+            _SENDING.set(sending)
+            try:
+                return await answer(request)
+            finally:
+                sending.end = time.monotonic()
+
+        async def answer(request: web.Request) -> web.StreamResponse:
             st, mode = self.state, self.mode
             st.requests[call] = st.requests.get(call, 0) + 1
             if mode.only and call not in mode.only:

@@ -5,6 +5,7 @@ the records received), and the replies every flavour shares."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ __all__ = [
     "Handler",
     "Mode",
     "Platform",
+    "Sending",
     "State",
     "Stored",
     "bad",
@@ -90,9 +92,24 @@ class Stored:
     changed: int = 0  # resends carrying a different value
 
 
+@dataclass(eq=False)
+class Sending:
+    """One data request while it is answered: from its arrival to its reply."""
+
+    start: float = field(default_factory=time.monotonic)
+    end: float | None = None
+
+    def overlaps(self, other: Sending) -> bool:
+        return other.end is None or other.end > self.start
+
+
 class State:
     def __init__(self) -> None:
         self.records: dict[tuple[str, str, int, str], Stored] = {}
+        # Every request that carried a record, per record: a record carried by two
+        # requests in flight at once (two senders at work on one period) is an overlap.
+        self.sendings: dict[tuple[str, str, int, str], list[Sending]] = {}
+        self.overlaps = 0
         self.requests: dict[str, int] = {}
         self.failed: dict[str, int] = {}
         self.rejected_requests = 0
@@ -136,6 +153,7 @@ class State:
             "received": self.received,
             "records": unique,
             "resends": self.received - unique,
+            "overlaps": self.overlaps,
             "changed": sum(s.changed for s in self.records.values()),
             "rejected_requests": self.rejected_requests,
             "rejected_records": self.rejected_records,
