@@ -192,6 +192,11 @@ class ScorecardMetrics:
         self._errors = Counter(
             "nhjc_scorecard_errors_total", "Scorecard updates that failed", registry=registry)
         # Every series exists from the start, so a panel or an alert never sees "no data".
+        self.cleared()
+
+    def cleared(self) -> None:
+        """No figures (at the start, and in an instance that no longer runs the job: the
+        owner shows them now)."""
         for p in PERIODS:
             for m in MEASURES:
                 self._ratio.labels(p, m).set(math.nan)
@@ -258,6 +263,10 @@ class ScorecardJob:
         self.metrics.computed({"day": await scores(self._pool, "day", yesterday),
                                "month": await scores(self._pool, "month", month_of(today))}, len(todo))
         return len(missing) > DAYS_PER_STEP
+
+    def disowned(self) -> None:
+        """Another instance runs the job now (runtime.ownership): show no stale figures."""
+        self.metrics.cleared()
 
     async def step(self) -> bool:
         try:

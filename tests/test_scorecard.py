@@ -212,6 +212,12 @@ async def test_the_job_fills_the_months_and_sets_bounded_gauges(db: str) -> None
         assert bands == {"<50%": 1, "50-90%": 0, ">=90%": 1}
         assert gauge("nhjc_scorecard_ratio", period="month", measure="verification") == pytest.approx(36 / 49)
         assert gauge("nhjc_scorecard_errors_total") == 0
+        # another instance takes the job over: this one shows no stale figures
+        job.disowned()
+        assert math.isnan(gauge("nhjc_scorecard_ratio", period="day", measure="completeness"))
+        assert gauge("nhjc_enterprises_by_scorecard", period="day", measure="completeness", band=">=90%") == 0
+        await job.update(NOW)
+        assert gauge("nhjc_scorecard_ratio", period="day", measure="completeness") == pytest.approx(362 / 480)
         # no enterprise ever becomes a label
         for metric in registry.collect():
             for sample in metric.samples:
