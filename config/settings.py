@@ -229,6 +229,10 @@ class ProcessingSettings(Section):
     # closes its readings are expected to have arrived.
     completeness_interval_s: float = Field(60.0, gt=0)
     completeness_settle_s: float = Field(900.0, ge=0)
+    # How often the platforms' scorecard (quality_daily) is recomputed, and how many
+    # local days back from today each round rewrites (late readings change them).
+    scorecard_interval_s: float = Field(300.0, gt=0)
+    scorecard_days: int = Field(2, ge=1, le=62)
     # After a failed step (the database away, or a bug) a stage pauses this long,
     # doubling up to pause_max_s; its work stays in the database meanwhile.
     pause_min_s: float = Field(0.5, gt=0)

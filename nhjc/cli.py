@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "uplink": ("nhjc.uplink_admin",
                "records the platforms refused (uplink rejected [--target NAME] [--limit N],"
                " uplink resend --target NAME --enterprise CODE)"),
+    "quality": ("nhjc.quality", "the platforms' scorecard (quality report [--enterprise CODE] [--month YYYY-MM]"
+                                " [--format table|json|csv])"),
     "simulate": ("nhjc.simulate", "publish realistic readings for pilot enterprises"),
     "mock-platform": ("tools.platform.mock", "run a local provincial/national platform"),
     "demo": ("nhjc.demo", "everything together on this machine, with a live summary"),

@@ -23,6 +23,7 @@ from nhjc.probe import DatabaseProbe
 from nhjc.startup import describe
 from processing.aggregator import Aggregator
 from processing.completeness import CompletenessUpdater
+from processing.scorecard import ScorecardJob
 from runtime.dberrors import RETRYABLE, DatabaseHealth, is_retryable
 from runtime.dbpool import open_pool
 from runtime.migrate import available
@@ -80,7 +81,7 @@ class Service:
         self.http: HttpEndpoint | None = None
         self.uplink: Uplink | None = None
         o = settings.ownership
-        # Singular work (each uplink target, completeness) runs where its lock is held.
+        # Singular work (each uplink target, completeness, the scorecard) runs where its lock is held.
         self.ownership = Ownership(settings.database.dsn(), application_name=f"nhjc-owner {settings.mqtt.client_id}",
                                    heartbeat_s=o.heartbeat_s, deadline_s=o.deadline_s,
                                    release_after_s=o.release_after_s, events=OwnershipEvents(self.registry))
@@ -204,7 +205,7 @@ class Service:
         return not late
 
     def _more_stages(self, stop: asyncio.Event) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-        """Stages downstream of the readings: aggregation, completeness and uplink.
+        """Stages downstream of the readings: aggregation, completeness, the scorecard and uplink.
         They read their work from the database, so stopping them loses nothing."""
         assert self.pool is not None
         s = self.settings
@@ -220,11 +221,13 @@ class Service:
         # under the aggregator's own locks.  Singular work is wrapped in own.owned(...).
         aggregator = Aggregator(p, pool=self.pool, registry=self.registry)
         completeness = own.owned(CompletenessUpdater(p, pool=self.pool, registry=self.registry))
+        scorecard = own.owned(ScorecardJob(p, pool=self.pool, registry=self.registry))
         stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("ownership", StageRunner(own, interval_s=heartbeat, pause_min_s=heartbeat, pause_max_s=heartbeat,
                                       health=self.health, events=self.events).run(stop)),
             ("aggregator", runner(aggregator, p.interval_ms / 1000).run(stop)),
             ("completeness", runner(completeness, p.completeness_interval_s).run(stop)),
+            ("scorecard", runner(scorecard, p.scorecard_interval_s).run(stop)),
         ]
         if any(t.enabled for t in s.uplink.targets.values()):
             self.uplink = Uplink(self.pool, s.uplink, zone=p.zone, registry=self.registry,

@@ -32,7 +32,7 @@ from tools.guest import PrivateBroker, free_port
 from tools.process import ServiceProcess, wait_for
 
 GROUP = "nhjc"
-JOBS = ("completeness", *(f"uplink {p}" for p in PLATFORMS))
+JOBS = ("completeness", "scorecard", *(f"uplink {p}" for p in PLATFORMS))
 
 
 class Cluster(Chain):
