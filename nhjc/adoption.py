@@ -54,6 +54,11 @@ log = logging.getLogger("nhjc.sessions")
 WATCH_S = 0.1
 # An adoption's shutdown: the disconnect, and the commit of what is in hand.
 FINISH_S = 10.0
+# An adoption whose session the broker does not take (refused: an ACL tying client ids
+# to users; unreachable) fails after this long, releasing the lock for the session's
+# owner to come back; that peer is not tried again for RETRY_FAILED_S.
+CONNECT_LIMIT_S = 30.0
+RETRY_FAILED_S = 60.0
 
 
 def session_job(client_id: str) -> str:
@@ -119,6 +124,7 @@ class Sessions:
         self.waiting = False
         self.adopting: str | None = None
         self._adoption: asyncio.Task[None] | None = None
+        self._failed: dict[str, float] = {}  # peer -> not tried again before (monotonic)
 
     # --- this instance's own session ------------------------------------------------
     async def gate(self) -> None:
@@ -158,8 +164,11 @@ class Sessions:
         peers = await self._pool.fetch(
             "SELECT client_id FROM mqtt_sessions WHERE shared_group = $1 AND client_id <> $2 "
             "AND drained_at IS NULL ORDER BY registered_at", self._mqtt.shared_group, self._mqtt.client_id)
+        now = time.monotonic()
         for row in peers:
             peer = row["client_id"]
+            if self._failed.get(peer, 0.0) > now:
+                continue
             if await self._ownership.try_borrow(session_job(peer)):
                 self.adopting = peer
                 self._adoption = asyncio.create_task(self._adopt(peer), name=f"adopt {peer}")
@@ -209,7 +218,9 @@ class Sessions:
         except asyncio.CancelledError:
             outcome = "interrupted"  # shutdown
         except Exception as exc:
-            log.warning("adopting the MQTT session of %s failed: %s: %s", peer, type(exc).__name__, exc)
+            self._failed[peer] = time.monotonic() + RETRY_FAILED_S
+            log.warning("adopting the MQTT session of %s failed: %s: %s (tried again in %.0f s)", peer,
+                        type(exc).__name__, exc, RETRY_FAILED_S)
         finally:
             if stage is not None:
                 messages = stage.collector.received
@@ -231,6 +242,7 @@ class Sessions:
         collector = stage.collector
         settle_us = int(self._mqtt.adopt_settle_s * 1e6)
         confirmed_us = 0
+        waiting_since = time.monotonic()
         while True:
             await asyncio.sleep(WATCH_S)
             if not self._ownership.holds(job):
@@ -238,7 +250,10 @@ class Sessions:
             now_us = time.time_ns() // 1000
             if not (collector.connected and collector.subscribed):
                 confirmed_us = 0
+                if time.monotonic() - waiting_since > CONNECT_LIMIT_S:
+                    raise RuntimeError(f"the broker did not take the session within {CONNECT_LIMIT_S:g} s")
                 continue
+            waiting_since = time.monotonic()
             confirmed_us = confirmed_us or now_us
             quiet_since = max(confirmed_us, collector.last_message_us)
             if stage.idle and collector.queue.empty() and now_us - quiet_since >= settle_us:

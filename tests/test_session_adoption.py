@@ -69,10 +69,10 @@ def test_an_interrupted_adoption_is_taken_up_and_the_owner_rejoins(fresh_broker:
         wait_for(lambda: "waiting for the lock of its own MQTT session"
                  in json.dumps(_readyz(cluster, victim)[1]), 30, "the returning instance waiting, in /readyz")
         seen["waited"] = True
-        wait_for(lambda: _drained(cluster, last) == 1, 60, "the session drained by the last instance")
+        # Ready only once the last instance has released the victim's session.
         m = cluster.members[victim]
         assert m is not None
-        m.wait_ready(30)
+        m.wait_ready(60)
         pub.wait()
         return time.monotonic(), f"killed {victim}, then its adopter {adopter}"
 
@@ -82,7 +82,9 @@ def test_an_interrupted_adoption_is_taken_up_and_the_owner_rejoins(fresh_broker:
         assert r.account.ok, r.account.problems()
         # The last instance drained both gone sessions: the victim's (whose first
         # adoption was cut short) and the killed adopter's own.
-        assert _drained(cluster, seen["last"]) == 2
+        wait_for(lambda: _drained(cluster, seen["last"]) == 2, 60, "both gone sessions drained")
+        m = cluster.members[seen["last"]]
+        assert m is not None and m.metric("nhjc_sessions_adopted_total", 'outcome="interrupted"') == 0
         adopter_id = cluster.client_ids[seen["adopter"]]
         assert query(db, "SELECT drained_by FROM mqtt_sessions WHERE client_id = %s",
                      adopter_id) == [(cluster.client_ids[seen["last"]],)]
