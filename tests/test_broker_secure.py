@@ -345,6 +345,8 @@ def test_secure_conf_leaves_no_anonymous_listener_on_all_interfaces() -> None:
 def test_the_pipeline_account_can_adopt_a_gone_instances_session(secure) -> None:
     # nhjc/adoption.py: an instance connects under the pipeline's account as a gone
     # peer's client id, unsubscribes its session and receives what it held.
+    tag = uuid.uuid4().hex[:6]
+
     def member(cid: str, got: list[bytes], *, share: bool) -> mqtt.Client:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         c.username_pw_set("nhjc-pipeline", PASSWORDS["nhjc-pipeline"])
@@ -354,8 +356,9 @@ def test_the_pipeline_account_can_adopt_a_gone_instances_session(secure) -> None
         c.on_unsubscribe = lambda _c, _u, _mid, reasons, _p: unsubscribed.extend(not r.is_failure for r in reasons)
         subscribed = threading.Event()
         c.on_subscribe = lambda *_: subscribed.set()
-        c.on_connect = (lambda cl, *_: cl.subscribe("$share/nhjc/nhjc/v1/+/+/readings", 1)) if share else (
-            lambda cl, *_: cl.unsubscribe("$share/nhjc/nhjc/v1/+/+/readings"))
+        # A group of its own: an earlier test's kept session is a member of "nhjc".
+        topic = f"$share/adopt-{tag}/nhjc/v1/+/+/readings"
+        c.on_connect = (lambda cl, *_: cl.subscribe(topic, 1)) if share else (lambda cl, *_: cl.unsubscribe(topic))
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
         c.connect("127.0.0.1", secure.tls_port, 30, clean_start=False, properties=props)
@@ -369,7 +372,6 @@ def test_the_pipeline_account_can_adopt_a_gone_instances_session(secure) -> None
             assert unsubscribed == [True]
         return c
 
-    tag = uuid.uuid4().hex[:6]
     got_a: list[bytes] = []
     got_b: list[bytes] = []
     got_adopter: list[bytes] = []
