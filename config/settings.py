@@ -82,6 +82,10 @@ class MqttSettings(Section):
     session_expiry_s: int = Field(7 * 86400, ge=60)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    # With a shared group: a peer adopting the session of a gone instance has drained it
+    # once the broker has delivered nothing to it for this long (the broker sends a
+    # session's backlog at once on connect, so a short quiet is enough).
+    adopt_settle_s: float = Field(2.0, gt=0, le=300)
 
     @field_validator("url")
     @classmethod

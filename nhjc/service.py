@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from config.settings import Settings
 from ingest.metrics import IngestMetrics
 from ingest.stage import IngestStage
+from nhjc.adoption import Sessions
 from nhjc.http import HttpEndpoint
 from nhjc.probe import DatabaseProbe
 from nhjc.startup import describe
@@ -80,6 +81,7 @@ class Service:
         self.ingest: IngestStage | None = None
         self.http: HttpEndpoint | None = None
         self.uplink: Uplink | None = None
+        self.sessions: Sessions | None = None  # with a shared group: the MQTT sessions' locks
         o = settings.ownership
         # Singular work (each uplink target, completeness, the scorecard) runs where its lock is held.
         self.ownership = Ownership(settings.database.dsn(), application_name=f"nhjc-owner {settings.mqtt.client_id}",
@@ -95,13 +97,19 @@ class Service:
         reasons = {}
         if self.health.up is not True:
             reasons["database"] = self.health.reason or "not checked yet"
-        if not (self.ingest and self.ingest.connected):
+        if self.sessions is not None and self.sessions.waiting:
+            reasons["broker"] = "waiting for the lock of its own MQTT session (a peer draining it, or the database away)"
+        elif not (self.ingest and self.ingest.connected):
             reasons["broker"] = "not connected and subscribed"
         return reasons
 
     def details(self) -> dict[str, object]:
-        """What /readyz adds to its body: the singular jobs this instance owns now."""
-        return {"owns": self.ownership.held}
+        """What /readyz adds to its body: the singular jobs this instance owns now (and
+        the locks of MQTT sessions), and the gone peer's session it is draining."""
+        out: dict[str, object] = {"owns": self.ownership.held}
+        if self.sessions is not None and self.sessions.adopting is not None:
+            out["adopting"] = self.sessions.adopting
+        return out
 
     async def _watch_database(self, stop: asyncio.Event) -> None:
         """The readiness probe, stepped every PROBE_EVERY_S (after a failure too: the
@@ -137,8 +145,16 @@ class Service:
                 raise TimeoutError(f"no answer within {s.database.connect_timeout_s:g}s "
                                    "(database.connect_timeout_s)") from None
             self.health.succeeded("start")
-            ingest = self.ingest = await IngestStage.open(s.ingest, s.mqtt, pool=self.pool, metrics=self.metrics,
-                                                          health=self.health)
+            if s.mqtt.shared_group:
+                # The collector connects only while this instance holds its session's lock.
+                self.sessions = Sessions(s.mqtt, s.ingest, pool=self.pool, ownership=self.ownership,
+                                         metrics=self.metrics, health=self.health, events=self.events,
+                                         registry=self.registry)
+            ingest = self.ingest = await IngestStage.open(
+                s.ingest, s.mqtt, pool=self.pool, metrics=self.metrics, health=self.health,
+                gate=self.sessions.gate if self.sessions is not None else None)
+            if self.sessions is not None:
+                self.sessions.main = ingest
             # The ingest step waits on the broker's messages: it is idle only once finished.
             ingest_runner = StageRunner(ingest, interval_s=s.ingest.batch_ms / 1000, pause_min_s=s.ingest.pause_min_s,
                                         pause_max_s=s.ingest.pause_max_s, health=self.health, events=self.events)
@@ -229,6 +245,8 @@ class Service:
             ("completeness", runner(completeness, p.completeness_interval_s).run(stop)),
             ("scorecard", runner(scorecard, p.scorecard_interval_s).run(stop)),
         ]
+        if self.sessions is not None:
+            stages.append(("sessions", self.sessions.run(stop, interval_s=heartbeat)))
         if any(t.enabled for t in s.uplink.targets.values()):
             self.uplink = Uplink(self.pool, s.uplink, zone=p.zone, registry=self.registry,
                                  health=self.health, events=self.events, owned=own.owned)

@@ -111,6 +111,8 @@ class Ownership:
         self._jobs: dict[str, int] = {}  # job -> lock key
         self._held: set[str] = set()
         self._conn: asyncpg.Connection | None = None
+        # One query at a time on the connection: the heartbeat and the borrowed locks.
+        self._busy = asyncio.Lock()
         self._lost = asyncio.Event()  # set (and replaced) each time the held jobs are lost
         self._closed = False
         # The owned steps running now, cancelled the moment ownership is lost.
@@ -151,7 +153,7 @@ class Ownership:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            async with asyncio.timeout(self._deadline_s):
+            async with self._busy, asyncio.timeout(self._deadline_s):
                 conn = await self._connection()
                 await self._check_and_claim(conn)
         except Exception as exc:
@@ -203,6 +205,37 @@ class Ownership:
                 self._held.add(job)
                 self._events.acquired(job)
 
+    # --- locks borrowed for a while (another instance's, found free) -----------------
+    async def try_borrow(self, name: str) -> bool:
+        """Try once the lock named ``name`` (not a wanted job: it is not claimed again);
+        held on this connection until :meth:`give_back`, or lost with the others.  False
+        when another session holds it, or its key is one of a lock held here (the
+        server would grant it to us again: never mistaken for a free lock)."""
+        key = lock_key(name)
+        if name in self._held or key in {lock_key(j) for j in self._held}:
+            return False
+        async with self._busy, asyncio.timeout(self._deadline_s):
+            if self._conn is None or self._conn.is_closed():
+                return False  # the heartbeat reconnects; nothing is borrowed meanwhile
+            got = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", NAMESPACE, key))
+        if got:
+            self._held.add(name)
+        return got
+
+    async def give_back(self, name: str) -> None:
+        """Release a borrowed lock (a no-op once lost with the connection)."""
+        if name not in self._held or name in self._jobs:
+            return
+        self._held.discard(name)
+        with contextlib.suppress(Exception):
+            async with self._busy, asyncio.timeout(self._deadline_s):
+                if self._conn is not None and not self._conn.is_closed():
+                    await self._conn.fetchval("SELECT pg_advisory_unlock($1, $2)", NAMESPACE, lock_key(name))
+                    return
+        # Unanswered: end the session (the heartbeat reconnects and claims the jobs again)
+        # rather than leave a lock held that the peer is waiting for.
+        self._lose("a borrowed lock could not be released")
+
     def _terminated(self, conn: Any) -> None:
         # The connection closed under us (terminated, the server gone): the locks are free.
         if conn is self._conn and not self._closed:
@@ -221,7 +254,8 @@ class Ownership:
             conn.terminate()
         held, self._held = self._held, set()
         for job in sorted(held):
-            self._events.lost(job, why)
+            if job in self._jobs:  # borrowed locks have no gauge: their users say it
+                self._events.lost(job, why)
         if held:
             self._lost.set()
             self._lost = asyncio.Event()
@@ -241,7 +275,8 @@ class Ownership:
             if not conn.is_closed():
                 conn.terminate()
         for job in sorted(held):
-            self._events.released(job)
+            if job in self._jobs:
+                self._events.released(job)
 
 
 class OwnedStage:

@@ -245,3 +245,43 @@ async def test_owned_stage_passes_the_inner_result(pair: tuple[Ownership, Owners
     assert await owned.step() is False  # no heartbeat yet: not owned
     await a.step()
     assert await owned.step() is True
+
+
+async def test_a_peers_lock_is_borrowed_only_once_it_is_free_and_given_back(pair: tuple[Ownership, Ownership],
+                                                                           db: str) -> None:
+    # The adoption of MQTT sessions: b tries a's session lock; it gets it only once a is
+    # gone, holds it (listed, lost with its connection like the jobs), and gives it back.
+    a, b = pair
+    session = "mqtt session a"
+    a.want(session)
+    await a.step()
+    await b.step()  # b's connection is up
+    assert a.holds(session)
+    assert not await b.try_borrow(session)
+    await a.close()
+    assert await b.try_borrow(session)
+    assert b.holds(session) and session in b.held
+    assert not await b.try_borrow(session)  # held here already: never taken twice
+    fresh, _ = make(db, "a again")
+    try:
+        fresh.want(session)
+        await fresh.step()
+        assert not fresh.holds(session)  # the returning owner waits while it is borrowed
+        await b.give_back(session)
+        assert not b.holds(session)
+        await fresh.step()
+        assert fresh.holds(session)
+    finally:
+        await fresh.close()
+
+
+async def test_a_borrowed_lock_is_lost_with_the_connection(pair: tuple[Ownership, Ownership]) -> None:
+    a, b = pair
+    await a.step()
+    assert await a.try_borrow("mqtt session gone")
+    lost = a.lost_event
+    assert await terminate("nhjc-owner a") == 1
+    await asyncio.wait_for(lost.wait(), 5)
+    assert not a.holds("mqtt session gone")
+    await b.step()
+    assert await b.try_borrow("mqtt session gone")
