@@ -16,8 +16,9 @@ print; :meth:`DatabaseSettings.dsn` puts it back for connecting, and nowhere els
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -48,7 +49,7 @@ from config.sections import (
 )
 from config.uplink import TargetSettings, UplinkSettings
 
-__all__ = ["DatabaseSettings", "IngestSettings", "MetricsSettings", "MqttSettings", "ProcessingSettings",
+__all__ = ["DatabaseSettings", "IngestSettings", "MetricsSettings", "MqttSettings", "OwnershipSettings", "ProcessingSettings",
            "Settings", "SettingsError", "TargetSettings", "UplinkSettings", "load_settings", "read_file",
            "redact_url", "secret_value"]
 
@@ -59,6 +60,8 @@ class SettingsError(Exception):
 
 class MqttSettings(Section):
     url: str = "mqtt://127.0.0.1:1883"
+    # "{hostname}" is replaced by the host's name at load (one setting for every replica,
+    # a distinct id each, stable while the host keeps its name).
     client_id: str = "nhjc-pipeline"
     username: str | None = None
     password: SecretStr | None = None
@@ -67,8 +70,9 @@ class MqttSettings(Section):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    # $share/{group}/... when several instances share the load; empty for one instance.
-    share_group: str = ""
+    # Several instances share the readings: each subscribes them as $share/{group}/...
+    # (the same group everywhere, its own client_id each); empty for one instance.
+    shared_group: str = ""
     keepalive_s: int = Field(30, ge=5, le=3600)
     # The most messages the broker may have in flight to us unacknowledged (MQTT 5
     # Receive Maximum).  With acknowledgement after commit this bounds memory too.
@@ -78,6 +82,10 @@ class MqttSettings(Section):
     session_expiry_s: int = Field(7 * 86400, ge=60)
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    # With a shared group: a peer adopting the session of a gone instance has drained it
+    # once the broker has delivered nothing to it for this long (the broker sends a
+    # session's backlog at once on connect, so a short quiet is enough).
+    adopt_settle_s: float = Field(2.0, gt=0, le=300)
 
     @field_validator("url")
     @classmethod
@@ -92,6 +100,29 @@ class MqttSettings(Section):
             _ = parts.port  # raises on a port that is not a number
         except ValueError as exc:
             raise ValueError(f"bad port: {exc}") from None
+        return v
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        # A group name is one topic level: MQTT 5 forbids "/", "+" and "#" in it.
+        if bad := sorted({c for c in v if c in "/+#"}):
+            raise ValueError(f"a group name may not hold {' '.join(repr(c) for c in bad)}")
+        if any(ord(c) < 32 for c in v):
+            raise ValueError("a group name may not hold control characters")
+        return v
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        if "{hostname}" in v:
+            v = v.replace("{hostname}", socket.gethostname())
+        if not v:
+            raise ValueError("may not be empty (the broker keeps the session under this id)")
+        if len(v.encode()) > 65535 or any(ord(c) < 32 for c in v):
+            raise ValueError("must be printable text (at most 65535 bytes)")
+        if "{" in v or "}" in v:
+            raise ValueError("unknown placeholder: only {hostname} is replaced")
         return v
 
     @model_validator(mode="after")
@@ -207,6 +238,10 @@ class ProcessingSettings(Section):
     # closes its readings are expected to have arrived.
     completeness_interval_s: float = Field(60.0, gt=0)
     completeness_settle_s: float = Field(900.0, ge=0)
+    # How often the platforms' scorecard (quality_daily) is recomputed, and how many
+    # local days back from today each round rewrites (late readings change them).
+    scorecard_interval_s: float = Field(300.0, gt=0)
+    scorecard_days: int = Field(2, ge=1, le=62)
     # After a failed step (the database away, or a bug) a stage pauses this long,
     # doubling up to pause_max_s; its work stays in the database meanwhile.
     pause_min_s: float = Field(0.5, gt=0)
@@ -215,6 +250,9 @@ class ProcessingSettings(Section):
     # A reading that arrives when its item already has a reading more than
     # this much later is flagged out_of_line (a clock error or a stray old value).
     out_of_line_s: float = Field(30 * 86400.0, gt=0)
+    # Readings flagged unverified (their instrument out of verification, docs/metrology.md):
+    # "invalid" makes the periods resting on them valid = false, "flag" only flags them.
+    unverified: Literal["invalid", "flag"] = "invalid"
 
     @model_validator(mode="after")
     def _pauses(self) -> ProcessingSettings:
@@ -236,6 +274,30 @@ class ProcessingSettings(Section):
         return v
 
 
+class OwnershipSettings(Section):
+    """Work that must happen once (each uplink target, completeness, ...) is done by the
+    instance holding its PostgreSQL advisory lock, on one connection of its own."""
+
+    # How often the owner checks that connection (and a non-owner tries to take what is
+    # free): a killed owner's work is taken over within about this long.
+    heartbeat_s: float = Field(2.0, gt=0, le=60)
+    # A check that gets no answer this long means the connection is gone: the owner
+    # stops its owned work at once.
+    deadline_s: float = Field(3.0, gt=0, le=60)
+    # How long the database waits for a silent owner (its host gone without closing TCP)
+    # before it ends the session and frees the locks (TCP keepalives and user timeout,
+    # set for that connection).  The owner gives up after heartbeat_s + deadline_s, so
+    # this must be longer: then two instances never work on one job at once.
+    release_after_s: int = Field(20, ge=4, le=600)
+
+    @model_validator(mode="after")
+    def _order(self) -> OwnershipSettings:
+        if self.heartbeat_s + self.deadline_s >= self.release_after_s:
+            raise Fault("release_after_s", "must be longer than heartbeat_s + deadline_s "
+                        "(the owner must give up before the database frees its locks)")
+        return self
+
+
 class MetricsSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65535)
@@ -255,6 +317,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
     uplink: UplinkSettings = Field(default_factory=UplinkSettings)
+    ownership: OwnershipSettings = Field(default_factory=OwnershipSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @classmethod

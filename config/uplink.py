@@ -101,6 +101,15 @@ class TargetSettings(Section):
     # yunnan: the data call's path under the platformURL of the token reply (else url).
     data_path: str = Field("uploadData", pattern=r"^[A-Za-z0-9_./-]+$")
 
+    # -- issue 11: measuring instruments (docs/uplink.md, "Instruments") --
+    # Send the instrument records (meters, verifications, replacements) where the
+    # flavour has a call for them (yunnan, gbt37947 with centerMeteringDataUrl).
+    meters: bool = True
+    # yunnan: the instrument calls' paths under the platformURL of the token reply (else url).
+    gauge_path: str = Field("gaugeConfigure", pattern=r"^[A-Za-z0-9_./-]+$")
+    gauge_verify_path: str = Field("gaugeVerifyConfigure", pattern=r"^[A-Za-z0-9_./-]+$")
+    gauge_replace_path: str = Field("gaugeReplaceConfigure", pattern=r"^[A-Za-z0-9_./-]+$")
+
     @model_validator(mode="before")
     @classmethod
     def _no_token(cls, data: Any) -> Any:

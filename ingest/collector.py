@@ -30,7 +30,7 @@ import logging
 import select
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,9 +69,16 @@ class Message:
 
 class Collector:
     """One connection to the broker, kept up until ``run``'s ``done`` is set.
-    ``on_state(connected)`` is called on every connect and disconnect."""
+    ``on_state(connected)`` is called on every connect and disconnect.
 
-    def __init__(self, settings: MqttSettings, *, on_state: Callable[[bool], None] | None = None) -> None:
+    ``gate``: awaited before every connect (with a shared group: until this instance
+    holds its session's lock, so that no peer is draining the session meanwhile).
+    ``adopt``: the session is a gone peer's, taken to be drained: on connect it is
+    unsubscribed from everything (the broker stops queueing for it, and still delivers
+    what it holds) instead of subscribed; ``subscribed`` then says the broker confirmed."""
+
+    def __init__(self, settings: MqttSettings, *, on_state: Callable[[bool], None] | None = None,
+                 gate: Callable[[], Awaitable[None]] | None = None, adopt: bool = False) -> None:
         parts = urlsplit(settings.url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
@@ -79,8 +86,14 @@ class Collector:
         self._receive_maximum = settings.receive_maximum
         self._session_expiry = settings.session_expiry_s
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
-        self._topics = subscriptions(settings.share_group)
+        self._topics = subscriptions(settings.shared_group)
+        self._stale = [t for t in subscriptions("") if t not in self._topics]
         self._on_state = on_state or (lambda connected: None)
+        self._gate = gate
+        self._adopt = adopt
+        self.discard_session = False  # the next disconnect ends the session at the broker
+        self.received = 0  # messages received since start
+        self.last_message_us = 0  # when the last one came (wall clock, µs)
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         self.connected = False
         # Subscribed on this connection: the broker acknowledged every subscription, so
@@ -125,6 +138,7 @@ class Collector:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
         c.on_socket_open = self._on_socket_open
         c.on_socket_close = self._on_socket_close
         c.on_socket_register_write = self._on_register_write
@@ -249,6 +263,14 @@ class Collector:
         self.connected = True
         self._on_state(True)
         log.info("connected to %s:%s (session present: %s)", self._host, self._port, flags.session_present)
+        if self._adopt:
+            client.unsubscribe(sorted({*self._topics, *self._stale, *subscriptions("")}))
+            self._connected_evt.set()
+            return
+        if flags.session_present and self._stale:
+            # A session kept from before the shared group was set still holds the plain
+            # readings subscription: it would bring every reading besides our turn.
+            client.unsubscribe(self._stale)
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._topics])
         self._connected_evt.set()
 
@@ -259,6 +281,10 @@ class Collector:
             return
         self.subscribed = True
 
+    def _on_unsubscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], props: Any) -> None:
+        if self._adopt:
+            self.subscribed = True  # adopting: the broker queues nothing more for the session
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self.connected and not self._leaving:
             log.warning("disconnected from broker: %s", reason)
@@ -268,7 +294,8 @@ class Collector:
         self._disconnected_evt.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        received = time.time_ns() // 1000
+        received = self.last_message_us = time.time_ns() // 1000
+        self.received += 1
         handle = Handle(self._generation, msg.mid, msg.qos)
         if msg.qos > 0:
             self._held.add((handle.generation, handle.mid))
@@ -320,6 +347,12 @@ class Collector:
         if self._loop is not None and self._sock is not None:
             self._sync_reader()
 
+    def drop(self) -> None:
+        """Disconnect now, keeping the session (this instance lost its session's lock):
+        ``run`` connects again once the gate lets it."""
+        if self.connected:
+            self._client.disconnect()
+
     async def run(self, done: asyncio.Event) -> None:
         """Stay connected until ``done`` is set, then disconnect (keeping the session)."""
         self._loop = asyncio.get_running_loop()
@@ -332,6 +365,14 @@ class Collector:
                          self.unacked)
                 await self._wait_room(done)
                 continue
+            if self._gate is not None:
+                gate = asyncio.ensure_future(self._gate())
+                finished = asyncio.ensure_future(done.wait())
+                await asyncio.wait({gate, finished}, return_when=asyncio.FIRST_COMPLETED)
+                gate.cancel()
+                finished.cancel()
+                if done.is_set():
+                    break
             self._connected_evt.clear()
             self._disconnected_evt.clear()
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -375,7 +416,11 @@ class Collector:
         self._leaving = True  # our own disconnect: not worth a warning
         if self.connected:
             self._disconnected_evt.clear()
-            self._client.disconnect()
+            props = None
+            if self.discard_session:
+                props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 0
+            self._client.disconnect(properties=props)
             try:
                 await asyncio.wait_for(self._disconnected_evt.wait(), 5)
             except TimeoutError:

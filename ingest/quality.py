@@ -23,6 +23,7 @@ __all__ = [
     "STICKY",
     "STUCK",
     "SUSPECT",
+    "UNVERIFIED",
     "names",
 ]
 
@@ -37,17 +38,21 @@ STUCK = 128  # the register has not moved for a long time while the enterprise's
 # Arrived when its item already had a reading far later (processing.out_of_line_s): a
 # gateway's clock error or one stray old value.  Judged once, at arrival order, so kept.
 OUT_OF_LINE = 256
+# The instrument measuring the item was not in verification on the reading's local date:
+# past its nextAlignDate, or neither verified nor calibrated (processing.verification).
+UNVERIFIED = 512
 
 INGEST_FLAGS = EARLY | LATE
-PROCESSING_FLAGS = NON_FINITE | OUT_OF_RANGE | ROLLOVER | RESET | SPIKE | STUCK | OUT_OF_LINE
+PROCESSING_FLAGS = NON_FINITE | OUT_OF_RANGE | ROLLOVER | RESET | SPIKE | STUCK | OUT_OF_LINE | UNVERIFIED
 # Flags a recomputation keeps as stored: they depend on when a reading arrived, which a
 # recomputation of its surroundings cannot tell again.
 STICKY = INGEST_FLAGS | OUT_OF_LINE
 
 # Flags that make a period resting on the reading not valid.  LATE is not suspect: a
 # backfill after an outage is normal and its values are as good as on-time ones; a
-# ROLLOVER is explained, so its consumption is trusted too.
-SUSPECT = EARLY | NON_FINITE | OUT_OF_RANGE | RESET | SPIKE | STUCK | OUT_OF_LINE
+# ROLLOVER is explained, so its consumption is trusted too.  UNVERIFIED is suspect unless
+# the setting processing.unverified is "flag" (processing drops it from this mask then).
+SUSPECT = EARLY | NON_FINITE | OUT_OF_RANGE | RESET | SPIKE | STUCK | OUT_OF_LINE | UNVERIFIED
 
 FLAG_NAMES: dict[int, str] = {
     EARLY: "early",
@@ -59,6 +64,7 @@ FLAG_NAMES: dict[int, str] = {
     SPIKE: "spike",
     STUCK: "stuck",
     OUT_OF_LINE: "out_of_line",
+    UNVERIFIED: "unverified",
 }
 
 

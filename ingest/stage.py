@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -74,11 +75,17 @@ class IngestStage:
 
     @classmethod
     async def open(cls, settings: IngestSettings, mqtt: MqttSettings, *, pool: asyncpg.Pool,
-                   metrics: IngestMetrics, health: DatabaseHealth) -> IngestStage:
+                   metrics: IngestMetrics, health: DatabaseHealth,
+                   gate: Callable[[], Awaitable[None]] | None = None, adopt: bool = False) -> IngestStage:
         """The stage as the settings describe it, the items registry read (retried
-        while the database is away)."""
-        collector = Collector(mqtt, on_state=metrics.broker_changed)
-        metrics.collector_started(collector)
+        while the database is away).  ``gate`` and ``adopt``: see ``Collector``; an
+        adopting stage (a gone peer's session, drained) leaves the broker state and the
+        window gauges to the instance's own."""
+        if adopt:
+            collector = Collector(mqtt, adopt=True)
+        else:
+            collector = Collector(mqtt, on_state=metrics.broker_changed, gate=gate)
+            metrics.collector_started(collector)
         registry = registry_cache(pool, settings=settings, health=health)
         await registry.reload(force=True)
         batcher = Batcher(settings, queue=collector.queue, registry=registry,
@@ -87,6 +94,15 @@ class IngestStage:
         return cls(collector=collector, batcher=batcher, store=Store(pool), metrics=metrics)
 
     # --- what the composition root drives -------------------------------------------
+    @property
+    def collector(self) -> Collector:
+        return self._collector
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in hand: every message received is committed and acknowledged."""
+        return self._collector.unacked == 0 and not self._held and self._next is None
+
     @property
     def connected(self) -> bool:
         """Connected to the broker, and subscribed: a message published now reaches us.

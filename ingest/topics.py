@@ -43,10 +43,10 @@ def parse_topic(topic: str) -> Topic:
     return Topic(enterprise, gateway, kind)
 
 
-def subscriptions(share_group: str = "") -> list[str]:
+def subscriptions(shared_group: str = "") -> list[str]:
     """Topic filters to subscribe; readings are shared between instances, items are not
     (every instance keeps its registry cache current)."""
     readings = "nhjc/v1/+/+/readings"
-    if share_group:
-        readings = f"$share/{share_group}/{readings}"
+    if shared_group:
+        readings = f"$share/{shared_group}/{readings}"
     return [readings, "nhjc/v1/+/+/items"]

@@ -19,7 +19,7 @@ from ingest.registry import upsert_items
 from nhjc.startup import DATABASE_ERRORS, database_problem
 from runtime.migrate import migrate
 
-__all__ = ["main_enterprises", "main_items", "main_migrate"]
+__all__ = ["Refused", "add_load", "fail", "load_file", "main_enterprises", "main_items", "main_migrate"]
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ def main_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _add_load(sub: Any, help_: str) -> None:
+def add_load(sub: Any, help_: str) -> None:
     """The ``load FILE [--encoding]`` action, the same for every registry."""
     load = sub.add_parser("load", help=help_)
     load.add_argument("file", type=Path)
@@ -45,25 +45,25 @@ def _add_load(sub: Any, help_: str) -> None:
 
 def configure_items(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="items_command", required=True, metavar="ACTION")
-    _add_load(sub, "load data items from a JSON file (an array of items, each with its enterprise)")
+    add_load(sub, "load data items from a JSON file (an array of items, each with its enterprise)")
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """The file cannot be loaded; the message is one line for the operator."""
 
 
-def _read(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
     try:
         return read_file(path)
     except ValueError as exc:
-        raise _Refused(str(exc)) from None
+        raise Refused(str(exc)) from None
 
 
-async def _load(dsn: str, path: Path, encoding: str | None,
+async def load_file(dsn: str, path: Path, encoding: str | None,
                 parse: Callable[[bytes, str | None], list[T]],
                 store: Callable[[asyncpg.Connection, list[T], str], Awaitable[int]]) -> int:
     """Read and check the whole file first, then store it in one call: all or nothing."""
-    entries = parse(_read(path), encoding)
+    entries = parse(read_bytes(path), encoding)
     conn = await asyncpg.connect(dsn)
     try:
         return await store(conn, entries, f"file:{path.name}")
@@ -73,23 +73,23 @@ async def _load(dsn: str, path: Path, encoding: str | None,
 
 def main_items(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        changed = asyncio.run(_load(settings.database.dsn(), args.file, args.encoding,
+        changed = asyncio.run(load_file(settings.database.dsn(), args.file, args.encoding,
                                     parse_items_file_bytes, upsert_items))
-    except _Refused as exc:
-        return _fail(str(exc))
+    except Refused as exc:
+        return fail(str(exc))
     except ItemsError as exc:
-        return _fail(f"{args.file}: {exc}")
+        return fail(f"{args.file}: {exc}")
     except asyncpg.DataError as exc:  # a value the database refuses (checked whole: nothing loaded)
-        return _fail(f"{args.file}: the database refused an item, nothing loaded: {type(exc).__name__}")
+        return fail(f"{args.file}: the database refused an item, nothing loaded: {type(exc).__name__}")
     except DATABASE_ERRORS as exc:
-        return _fail(database_problem(exc, settings.database))
+        return fail(database_problem(exc, settings.database))
     except Exception as exc:  # never a traceback for a file or a database fault
-        return _fail(f"{args.file}: not loaded ({type(exc).__name__})")
+        return fail(f"{args.file}: not loaded ({type(exc).__name__})")
     print(f"{changed} item(s) added or changed")
     return 0
 
 
-def _fail(message: str, command: str = "items load") -> int:
+def fail(message: str, command: str = "items load") -> int:
     print(f"nhjc {command}: {' '.join(message.split())}", file=sys.stderr)
     return 1
 
@@ -98,7 +98,7 @@ def _fail(message: str, command: str = "items load") -> int:
 
 def configure_enterprises(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="enterprises_command", required=True, metavar="ACTION")
-    _add_load(sub, "load enterprises from a JSON file (an array; docs/enterprises.md)")
+    add_load(sub, "load enterprises from a JSON file (an array; docs/enterprises.md)")
     sub.add_parser("list", help="list the registry (credentials shown only as set, never their values)")
 
 
@@ -132,17 +132,17 @@ def main_enterprises(args: argparse.Namespace, settings: Settings) -> int:
             for line in asyncio.run(_list_enterprises(settings.database.dsn())):
                 print(line)
             return 0
-        changed = asyncio.run(_load(settings.database.dsn(), args.file, args.encoding,
+        changed = asyncio.run(load_file(settings.database.dsn(), args.file, args.encoding,
                                     parse_enterprises_file_bytes, upsert_enterprises))
-    except _Refused as exc:
-        return _fail(str(exc), command)
+    except Refused as exc:
+        return fail(str(exc), command)
     except EnterprisesError as exc:
-        return _fail(f"{args.file}: {exc}", command)
+        return fail(f"{args.file}: {exc}", command)
     except asyncpg.DataError as exc:  # a value the database refuses (one transaction: nothing loaded)
-        return _fail(f"{args.file}: the database refused an entry, nothing loaded: {type(exc).__name__}", command)
+        return fail(f"{args.file}: the database refused an entry, nothing loaded: {type(exc).__name__}", command)
     except DATABASE_ERRORS as exc:
-        return _fail(database_problem(exc, settings.database), command)
+        return fail(database_problem(exc, settings.database), command)
     except Exception as exc:  # never a traceback, and never an exception's text: it could quote a credential
-        return _fail(f"not done ({type(exc).__name__})", command)
+        return fail(f"not done ({type(exc).__name__})", command)
     print(f"{changed} enterprise(s) added or changed")
     return 0

@@ -20,9 +20,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("nhjc.admin", "create or upgrade the database schema"),
     "items": ("nhjc.admin", "manage the data-item registry (items load FILE)"),
     "enterprises": ("nhjc.admin", "manage the enterprise registry (enterprises load FILE, enterprises list)"),
+    "meters": ("nhjc.meters_admin",
+               "the measuring-instrument registry (meters load FILE, meters list [--enterprise CODE],"
+               " meters report [--enterprise CODE] [--format table|json|csv],"
+               " meters replace --enterprise CODE --data-code CODE --time T --old-final X --new-initial Y)"),
     "uplink": ("nhjc.uplink_admin",
                "records the platforms refused (uplink rejected [--target NAME] [--limit N],"
                " uplink resend --target NAME --enterprise CODE)"),
+    "quality": ("nhjc.quality", "the platforms' scorecard (quality report [--enterprise CODE] [--month YYYY-MM]"
+                                " [--format table|json|csv])"),
     "simulate": ("nhjc.simulate", "publish realistic readings for pilot enterprises"),
     "mock-platform": ("tools.platform.mock", "run a local provincial/national platform"),
     "demo": ("nhjc.demo", "everything together on this machine, with a live summary"),

@@ -14,11 +14,14 @@ import signal
 import socket
 import sys
 import time
+from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from prometheus_client import CollectorRegistry
 
 from config.settings import Settings, TargetSettings
+from nhjc.demo_meters import Instruments, replacement_time
 from nhjc.demo_view import Watcher, live_view, plain_line, render
 from nhjc.service import SchemaError, Service
 from nhjc.simulate import _faults, _speed, parse_duration, settings_kwargs
@@ -26,7 +29,8 @@ from nhjc.startup import DATABASE_ERRORS, database_problem
 from runtime.migrate import migrate
 from tools.guest import GuestError, PrivateBroker, scratch_database
 from tools.platform.mock import DEFAULT_PIN, DEFAULT_SECRET, MockPlatform
-from tools.sim import Counters, FaultSpec, PublishError, Simulator
+from tools.sim import Counters, FaultSpec, PublishError, Simulator, pilot_enterprises
+from tools.sim.instruments import instruments_records
 
 __all__ = ["configure_demo", "main_demo"]
 
@@ -35,6 +39,8 @@ log = logging.getLogger("nhjc.demo")
 # The demo's mock platforms and targets: one of each uplink flavour.
 PLATFORMS = (("anhui", "gbt37947"), ("shandong", "shandong"), ("yunnan", "yunnan"))
 PLAIN_EVERY_S = 3.0
+# The demo's scorecard is rewritten this often (the service's default is 5 minutes).
+SCORECARD_EVERY_S = 15.0
 
 
 
@@ -97,7 +103,7 @@ def guest_settings(settings: Settings, broker_url: str, database_url: str) -> Se
     instance) and its own database."""
     mqtt = settings.mqtt.model_copy(update={
         "url": broker_url, "username": None, "password": None, "ca_file": None, "cert_file": None,
-        "key_file": None, "share_group": ""})
+        "key_file": None, "shared_group": ""})
     # The scratch database's URL carries the password for the driver; the settings keep
     # it apart, as they do for the configured database (never shown in a message).
     url = urlunsplit(urlsplit(settings.database.url)._replace(path=urlsplit(database_url).path))
@@ -118,6 +124,7 @@ def demo_settings(settings: Settings, urls: dict[str, str], metrics_port: int) -
     return settings.model_copy(update={
         "uplink": settings.uplink.model_copy(update={"targets": targets}),
         "metrics": settings.metrics.model_copy(update={"port": metrics_port}),
+        "processing": settings.processing.model_copy(update={"scorecard_interval_s": SCORECARD_EVERY_S}),
     })
 
 
@@ -205,14 +212,29 @@ async def _run(args: argparse.Namespace, settings: Settings, platforms: list[Moc
     service = Service(demo_settings(settings, {p.name: p.url for p in platforms}, metrics_port),
                       registry=registry)
     since = math.floor((time.time() - args.history) / 900) * 900.0  # a whole quarter
+    # The simulated enterprises' instruments, and the meter the simulator replaces.
+    fleet = pilot_enterprises(args.enterprises, seed=args.seed)
+    today = datetime.now(settings.processing.zone).date()
+    instruments = Instruments(instruments_records(fleet, today=today, seed=args.seed), fleet,
+                              replacement_time(since, args.history))
     try:
-        sim = Simulator(enterprises=args.enterprises, seed=args.seed, start=since,
+        sim = Simulator(enterprises=fleet, seed=args.seed, start=since,
                         duration=time.time() - since, speed=args.speed,
-                        faults=FaultSpec.parse(args.faults),
+                        faults=FaultSpec.parse(args.faults), replacement=instruments.plan,
                         client_id=f"{settings.mqtt.client_id}-sim", **settings_kwargs(settings))
     except ValueError as exc:
         print(f"nhjc demo: {exc}", file=sys.stderr)
         return 2
+    try:
+        conn = await asyncpg.connect(settings.database.dsn())
+        try:
+            loaded = await instruments.load(conn)
+        finally:
+            await conn.close()
+    except DATABASE_ERRORS as exc:
+        print(f"nhjc demo: {database_problem(exc, settings.database)}", file=sys.stderr)
+        return 1
+    notes.append(f"{loaded} instruments loaded")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -243,6 +265,7 @@ async def _run(args: argparse.Namespace, settings: Settings, platforms: list[Moc
                 watcher.snap.sim_state = "replaying"
             if sim_task is not None and sim_task.done() and watcher.snap.sim_state == "replaying":
                 watcher.snap.sim_state = simulator_state(sim_task)
+            await instruments.record_replacements(service.pool, sim)
             snap = await watcher.refresh()
             if live is not None:
                 live.update(render(snap))

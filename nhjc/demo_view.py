@@ -44,6 +44,38 @@ SELECT r.enterprise, r.items * q.n AS expected, coalesce(g.n, 0) AS received
 FROM reg r CROSS JOIN q LEFT JOIN got g ON g.enterprise = r.enterprise
 """
 
+# The simulated enterprises' instruments today (local date $2): in service, out of
+# verification (not verified or calibrated, or no recorded period containing today),
+# due within 30 days, and the replacements recorded.
+INSTRUMENTS_SQL = """
+WITH m AS (
+    SELECT m.enterprise, m.ser_no, m.data_codes, m.next_align_date,
+           m.align_state IN ('verified', 'calibrated') AND EXISTS (
+               SELECT 1 FROM meter_verifications v WHERE v.enterprise = m.enterprise AND v.ser_no = m.ser_no
+                 AND v.valid_from <= $2::date AND v.valid_until >= $2::date) AS in_date
+    FROM meters m WHERE m.enterprise = ANY($1::text[]) AND m.retired_at IS NULL
+)
+SELECT count(*) AS meters,
+       count(*) FILTER (WHERE NOT in_date) AS out_of_date,
+       count(*) FILTER (WHERE in_date AND next_align_date <= $2::date + 30) AS due,
+       (SELECT count(*) FROM meter_replacements WHERE enterprise = ANY($1::text[])) AS replacements,
+       coalesce((SELECT array_agg(enterprise || ' ' || ser_no || ' ' || coalesce(next_align_date::text, 'never')
+                                  ORDER BY enterprise, ser_no) FROM m WHERE NOT in_date), '{}') AS listed
+FROM m
+"""
+# This month's scorecard of the simulated enterprises (quality_daily), all together.
+SCORECARD_SQL = """
+SELECT sum(received)::float8 / nullif(sum(expected), 0) AS completeness,
+       sum(agreement_ok)::float8 / nullif(sum(agreement_items), 0) AS agreement,
+       sum(start_pinned)::float8 / nullif(sum(start_values), 0) AS start,
+       sum(meters_verified)::float8 / nullif(sum(meters), 0) AS verification,
+       count(*) FILTER (WHERE completeness < 0.9) AS under_90
+FROM quality_daily
+WHERE period = 'month' AND period_start = $2 AND enterprise = ANY($1::text[])
+"""
+SCORECARD_NAMES = {"completeness": "completeness", "agreement": "day vs month", "start": "period start",
+                   "verification": "in verification"}
+
 
 @dataclass
 class Snapshot:
@@ -58,6 +90,9 @@ class Snapshot:
     acked: dict[str, float] = field(default_factory=dict)
     platforms: dict[str, dict[str, Any]] = field(default_factory=dict)
     completeness: list[tuple[str, float]] = field(default_factory=list)  # (enterprise, ratio) low first
+    instruments: dict[str, int] = field(default_factory=dict)  # meters, out_of_date, due, replacements
+    out_of_date: list[str] = field(default_factory=list)       # "enterprise serNo nextAlignDate"
+    scorecard: dict[str, float | None] = field(default_factory=dict)  # this month, by measure
     sim: Counters | None = None
     sim_state: str = "starting"
     note: str = ""
@@ -113,11 +148,24 @@ class Watcher:
                 s.completeness = sorted(
                     ((r["enterprise"], r["received"] / r["expected"]) for r in rows if r["expected"]),
                     key=lambda x: x[1])
+                today = datetime.now(self.service.settings.processing.zone).date()
+                row = await pool.fetchrow(INSTRUMENTS_SQL, self.codes, today, timeout=5)
+                if row is not None:
+                    s.instruments = {k: int(row[k]) for k in ("meters", "out_of_date", "due", "replacements")}
+                    s.out_of_date = list(row["listed"])
+                row = await pool.fetchrow(SCORECARD_SQL, self.codes, today.replace(day=1), timeout=5)
+                if row is not None and row["completeness"] is not None:
+                    s.scorecard = {k: row[k] for k in SCORECARD_NAMES}
+                    s.scorecard["under_90"] = float(row["under_90"])
         return s
 
 
 def _n(v: float) -> str:
     return f"{v:,.0f}"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1%}"
 
 
 def _sim_time(c: Counters | None) -> str:
@@ -139,12 +187,17 @@ def plain_line(s: Snapshot) -> str:
         comp = f"lowest {lo[0]} {lo[1]:.0%}, highest {hi[0]} {hi[1]:.0%}"
     else:
         comp = "none yet"
+    i = s.instruments
+    inst = (f"{i['meters']}, out of verification {i['out_of_date']}, due in 30 days {i['due']}, "
+            f"replacements recorded {i['replacements']}") if i else "none yet"
+    card = ", ".join(f"{name} {_pct(s.scorecard.get(k))}" for k, name in SCORECARD_NAMES.items()) \
+        if s.scorecard else "none yet"
     c = s.sim
     sim = (f"{s.sim_state}, sim time {_sim_time(c)}, frames {_n(c.frames)}, readings {_n(c.readings)}"
            if c else s.sim_state)
     return (f"[demo {s.elapsed_s:.0f}s] readings accepted {_n(s.accepted)} ({s.rate:,.0f}/s), "
             f"frames {_n(s.frames)} | quarantine {_n(q)}: {qs} | periods {per} | uplink {up} | "
-            f"completeness {comp} | simulator {sim}")
+            f"completeness {comp} | instruments {inst} | scorecard this month: {card} | simulator {sim}")
 
 
 def render(s: Snapshot) -> Any:
@@ -196,11 +249,29 @@ def render(s: Snapshot) -> Any:
     if not shown:
         comp.add_row("none yet", "")
 
+    inst = Table(title="instruments", show_header=False, title_justify="left")
+    counts = s.instruments
+    inst.add_row("in service", _n(counts.get("meters", 0)))
+    inst.add_row("out of verification", f"[red]{_n(counts.get('out_of_date', 0))}[/]" if counts.get("out_of_date") else "0")
+    for line in s.out_of_date[:4]:
+        inst.add_row("", f"[dim]{line}[/]")
+    inst.add_row("due within 30 days", _n(counts.get("due", 0)))
+    inst.add_row("replacements recorded", _n(counts.get("replacements", 0)))
+
+    card = Table("this month", "all enterprises", title="the platforms' scorecard", title_justify="left")
+    for measure, name in SCORECARD_NAMES.items():
+        score = s.scorecard.get(measure)
+        style = "dim" if score is None else "red" if score < 0.5 else "yellow" if score < 0.9 else "green"
+        card.add_row(name, f"[{style}]{_pct(score)}[/]")
+    card.add_row("enterprises under 90 %", _n(s.scorecard.get("under_90") or 0))
+
     top = Table.grid(padding=(0, 3))
     top.add_row(ingest, quar, per)
     bottom = Table.grid(padding=(0, 3))
     bottom.add_row(up, comp)
-    return Group(head, top, bottom)
+    metrology = Table.grid(padding=(0, 3))
+    metrology.add_row(inst, card)
+    return Group(head, top, bottom, metrology)
 
 
 # ------------------------------------------------------------------------- running

@@ -18,12 +18,14 @@ class ListenError(Exception):
 
 class HttpEndpoint:
     def __init__(self, *, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], dict[str, bool]],
-                 reasons: Callable[[], dict[str, str]] | None = None) -> None:
+                 reasons: Callable[[], dict[str, str]] | None = None,
+                 details: Callable[[], dict[str, object]] | None = None) -> None:
         self._host, self._port = host, port
         self._registry = registry
         self._ready = ready
         self._runner: web.AppRunner | None = None
         self._reasons = reasons
+        self._details = details  # more to show, never a readiness part (e.g. the jobs owned)
         self.port: int | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -35,10 +37,13 @@ class HttpEndpoint:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         # {"ready": false, "broker": true, "database": false, "down": ["database"],
-        #  "reasons": {"database": "probe: TimeoutError: no answer to SELECT 1 within 2s"}}
+        #  "reasons": {"database": "probe: TimeoutError: no answer to SELECT 1 within 2s"},
+        #  "owns": ["completeness", "uplink provincial"]}
         parts = self._ready()
         ok = all(parts.values())
         body: dict[str, object] = {"ready": ok, **parts}
+        if self._details is not None:
+            body |= self._details()
         if not ok:
             down = [name for name, up in parts.items() if not up]
             body["down"] = down

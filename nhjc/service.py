@@ -18,14 +18,17 @@ from prometheus_client import CollectorRegistry
 from config.settings import Settings
 from ingest.metrics import IngestMetrics
 from ingest.stage import IngestStage
+from nhjc.adoption import Sessions
 from nhjc.http import HttpEndpoint
 from nhjc.probe import DatabaseProbe
 from nhjc.startup import describe
 from processing.aggregator import Aggregator
 from processing.completeness import CompletenessUpdater
+from processing.scorecard import ScorecardJob
 from runtime.dberrors import RETRYABLE, DatabaseHealth, is_retryable
 from runtime.dbpool import open_pool
 from runtime.migrate import available
+from runtime.ownership import Ownership, OwnershipEvents
 from runtime.runner import RunnerEvents, Stage, StageRunner
 from uplink import Uplink
 
@@ -78,6 +81,12 @@ class Service:
         self.ingest: IngestStage | None = None
         self.http: HttpEndpoint | None = None
         self.uplink: Uplink | None = None
+        self.sessions: Sessions | None = None  # with a shared group: the MQTT sessions' locks
+        o = settings.ownership
+        # Singular work (each uplink target, completeness, the scorecard) runs where its lock is held.
+        self.ownership = Ownership(settings.database.dsn(), application_name=f"nhjc-owner {settings.mqtt.client_id}",
+                                   heartbeat_s=o.heartbeat_s, deadline_s=o.deadline_s,
+                                   release_after_s=o.release_after_s, events=OwnershipEvents(self.registry))
 
     # --- readiness -----------------------------------------------------------------
     def ready(self) -> dict[str, bool]:
@@ -88,9 +97,19 @@ class Service:
         reasons = {}
         if self.health.up is not True:
             reasons["database"] = self.health.reason or "not checked yet"
-        if not (self.ingest and self.ingest.connected):
+        if self.sessions is not None and self.sessions.waiting:
+            reasons["broker"] = "waiting for the lock of its own MQTT session (a peer draining it, or the database away)"
+        elif not (self.ingest and self.ingest.connected):
             reasons["broker"] = "not connected and subscribed"
         return reasons
+
+    def details(self) -> dict[str, object]:
+        """What /readyz adds to its body: the singular jobs this instance owns now (and
+        the locks of MQTT sessions), and the gone peer's session it is draining."""
+        out: dict[str, object] = {"owns": self.ownership.held}
+        if self.sessions is not None and self.sessions.adopting is not None:
+            out["adopting"] = self.sessions.adopting
+        return out
 
     async def _watch_database(self, stop: asyncio.Event) -> None:
         """The readiness probe, stepped every PROBE_EVERY_S (after a failure too: the
@@ -109,7 +128,7 @@ class Service:
         asyncio.get_running_loop().set_exception_handler(_quiet_database_leftovers)
         # Listen first: a metrics port in use stops the start before anything connects.
         self.http = HttpEndpoint(host=s.metrics.host, port=s.metrics.port, registry=self.registry,
-                                 ready=self.ready, reasons=self.not_ready_reasons)
+                                 ready=self.ready, reasons=self.not_ready_reasons, details=self.details)
         await self.http.listen()
         try:
             self.pool = await open_pool(
@@ -126,8 +145,16 @@ class Service:
                 raise TimeoutError(f"no answer within {s.database.connect_timeout_s:g}s "
                                    "(database.connect_timeout_s)") from None
             self.health.succeeded("start")
-            ingest = self.ingest = await IngestStage.open(s.ingest, s.mqtt, pool=self.pool, metrics=self.metrics,
-                                                          health=self.health)
+            if s.mqtt.shared_group:
+                # The collector connects only while this instance holds its session's lock.
+                self.sessions = Sessions(s.mqtt, s.ingest, pool=self.pool, ownership=self.ownership,
+                                         metrics=self.metrics, health=self.health, events=self.events,
+                                         registry=self.registry)
+            ingest = self.ingest = await IngestStage.open(
+                s.ingest, s.mqtt, pool=self.pool, metrics=self.metrics, health=self.health,
+                gate=self.sessions.gate if self.sessions is not None else None)
+            if self.sessions is not None:
+                self.sessions.main = ingest
             # The ingest step waits on the broker's messages: it is idle only once finished.
             ingest_runner = StageRunner(ingest, interval_s=s.ingest.batch_ms / 1000, pause_min_s=s.ingest.pause_min_s,
                                         pause_max_s=s.ingest.pause_max_s, health=self.health, events=self.events)
@@ -144,7 +171,10 @@ class Service:
                 ingest.stop()
                 probe_stop.set()
                 gave_up = not await self._finish_ingest(ingest, ingesting)
-                if not await self._stop_downstream(downstream, stop_by) or gave_up:
+                stopped = await self._stop_downstream(downstream, stop_by)
+                # Only now that no owned step runs: the other instances take the jobs over.
+                await self.ownership.close()
+                if not stopped or gave_up:
                     # What was cancelled may still wait on the stalled database (a rollback
                     # on the way out): cut every connection; the server rolls back.
                     self.pool.terminate()
@@ -191,7 +221,7 @@ class Service:
         return not late
 
     def _more_stages(self, stop: asyncio.Event) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-        """Stages downstream of the readings: aggregation, completeness and uplink.
+        """Stages downstream of the readings: aggregation, completeness, the scorecard and uplink.
         They read their work from the database, so stopping them loses nothing."""
         assert self.pool is not None
         s = self.settings
@@ -201,15 +231,25 @@ class Service:
             return StageRunner(stage, interval_s=interval_s, pause_min_s=p.pause_min_s,
                                pause_max_s=p.pause_max_s, health=self.health, events=self.events)
 
+        own = self.ownership
+        heartbeat = own.heartbeat_s
+        # The aggregator is not owned: every instance aggregates, enterprise by enterprise
+        # under the aggregator's own locks.  Singular work is wrapped in own.owned(...).
         aggregator = Aggregator(p, pool=self.pool, registry=self.registry)
-        completeness = CompletenessUpdater(p, pool=self.pool, registry=self.registry)
+        completeness = own.owned(CompletenessUpdater(p, pool=self.pool, registry=self.registry))
+        scorecard = own.owned(ScorecardJob(p, pool=self.pool, registry=self.registry))
         stages: list[tuple[str, Coroutine[Any, Any, None]]] = [
+            ("ownership", StageRunner(own, interval_s=heartbeat, pause_min_s=heartbeat, pause_max_s=heartbeat,
+                                      health=self.health, events=self.events).run(stop)),
             ("aggregator", runner(aggregator, p.interval_ms / 1000).run(stop)),
             ("completeness", runner(completeness, p.completeness_interval_s).run(stop)),
+            ("scorecard", runner(scorecard, p.scorecard_interval_s).run(stop)),
         ]
+        if self.sessions is not None:
+            stages.append(("sessions", self.sessions.run(stop, interval_s=heartbeat)))
         if any(t.enabled for t in s.uplink.targets.values()):
             self.uplink = Uplink(self.pool, s.uplink, zone=p.zone, registry=self.registry,
-                                 health=self.health, events=self.events)
+                                 health=self.health, events=self.events, owned=own.owned)
             stages.append(("uplink", self.uplink.run(stop)))
         return stages
 

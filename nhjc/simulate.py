@@ -8,6 +8,7 @@ import math
 import re
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tools.sim import (
     items_json,
     parse_time,
 )
+from tools.sim.instruments import instruments_json
 
 __all__ = ["configure_simulate", "main_simulate", "parse_duration", "settings_kwargs"]
 
@@ -108,6 +110,9 @@ def configure_simulate(p: argparse.ArgumentParser) -> None:
                    help="MQTT connections at most; gateways share them beyond that (default 64)")
     p.add_argument("--write-items", type=Path, default=None, metavar="FILE",
                    help="write the items as a file for 'nhjc items load' and exit")
+    p.add_argument("--write-instruments", type=Path, default=None, metavar="FILE",
+                   help="write the simulated items' measuring instruments as a file for 'nhjc meters load' "
+                        "(verification dates around today) and exit")
     p.add_argument("--dry-run", action="store_true", help="generate everything, publish nothing")
     p.add_argument("--json", action="store_true", help="print the final counters as JSON")
 
@@ -134,6 +139,12 @@ def main_simulate(args: argparse.Namespace, settings: Settings) -> int:
         args.write_items.write_text(items_json(sim.enterprises), encoding="utf-8")
         print(f"wrote {sum(len(e.items) for e in sim.enterprises)} items of "
               f"{len(sim.enterprises)} enterprises to {args.write_items}")
+        return 0
+    if args.write_instruments is not None:
+        text = instruments_json(sim.enterprises, today=datetime.now(settings.processing.zone).date(), seed=args.seed)
+        args.write_instruments.write_text(text, encoding="utf-8")
+        print(f"wrote {sum(len(e.items) for e in sim.enterprises)} instruments of "
+              f"{len(sim.enterprises)} enterprises to {args.write_instruments}")
         return 0
     # Ctrl-C or SIGTERM: stop cleanly (held frames and "offline" still go out).
     previous = {sig: signal.signal(sig, lambda *_: sim.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -19,12 +19,13 @@ import asyncpg
 from config.settings import Settings
 from nhjc.startup import DATABASE_ERRORS, database_problem
 from uplink.records import TOTAL_CODE
-from uplink.rejected import Rejection, rejections, resend
+from uplink.rejected import MeterRejection, Rejection, meter_rejections, rejections, resend
 
-__all__ = ["configure_uplink", "format_rejections", "main_uplink"]
+__all__ = ["configure_uplink", "format_meter_rejections", "format_rejections", "main_uplink"]
 
 _COLUMNS = ("target", "enterprise", "dataCode", "statType", "period", "rejected", "status", "reason",
             "message")
+_METER_COLUMNS = ("target", "enterprise", "serNo", "kind", "ref", "rejected", "status", "reason", "message")
 
 
 def configure_uplink(parser: argparse.ArgumentParser) -> None:
@@ -53,10 +54,21 @@ def format_rejections(found: Sequence[Rejection], settings: Settings, zone: Zone
     return lines
 
 
-async def _list(dsn: str, target: str | None, limit: int) -> list[Rejection]:
+def format_meter_rejections(found: Sequence[MeterRejection], zone: ZoneInfo) -> list[str]:
+    """The refused instrument rows, tab-separated with their own header."""
+    lines = ["\t".join(_METER_COLUMNS)]
+    for r in found:
+        lines.append("\t".join((r.target, r.enterprise, r.ser_no, r.kind, r.ref or "-",
+                                f"{r.rejected_at.astimezone(zone):%Y-%m-%d %H:%M:%S}", str(r.status), r.reason,
+                                " ".join((r.message or "-").split()))))
+    return lines
+
+
+async def _list(dsn: str, target: str | None, limit: int) -> tuple[list[Rejection], list[MeterRejection]]:
     conn = await asyncpg.connect(dsn)
     try:
-        return await rejections(conn, target=target, limit=limit)
+        return (await rejections(conn, target=target, limit=limit),
+                await meter_rejections(conn, target=target, limit=limit))
     finally:
         await conn.close()
 
@@ -81,14 +93,19 @@ def main_uplink(args: argparse.Namespace, settings: Settings) -> int:
         if command == "rejected":
             if args.limit < 1:
                 return _fail(command, "--limit must be at least 1")
-            found = asyncio.run(_list(dsn, args.target, args.limit))
+            found, meters = asyncio.run(_list(dsn, args.target, args.limit))
             for line in format_rejections(found, settings, settings.processing.zone):
                 print(line)
+            if meters:  # a second table, after a blank line, only when there are any
+                print()
+                for line in format_meter_rejections(meters, settings.processing.zone):
+                    print(line)
             return 0
         n = asyncio.run(_resend(dsn, args.target, args.enterprise))
     except DATABASE_ERRORS as exc:
         return _fail(command, database_problem(exc, settings.database))
     except Exception as exc:  # never a traceback, and never an exception's text
         return _fail(command, f"not done ({type(exc).__name__})")
+    # n counts refused instrument rows too
     print(f"{n} rejected record(s) of {args.enterprise} at {args.target} pending again, due now")
     return 0

@@ -39,10 +39,19 @@ from processing.metrics import ProcessingMetrics
 from processing.periods import DAY, MONTH, QUARTER, QUARTER_US, TIERS, YEAR, Calendar
 from processing.periodvalues import NO_READING, GapRows, PeriodRows, compose, finish
 from processing.pipeline import first_pass, second_pass
+from processing.replacing import Replacements
 from processing.segments import Readings
 from processing.stuck import Movers
 from processing.totalrows import Begun, EnterpriseTotals
-from processing.windows import holes, inside, link_groups, merge_intervals, quarter_windows
+from processing.verification import unverified_flags
+from processing.windows import (
+    holes,
+    inside,
+    link_groups,
+    merge_intervals,
+    quarter_windows,
+    stretches,
+)
 from processing.writes import (
     RunTally,
     item_keys,
@@ -80,6 +89,8 @@ class Aggregator:
         self._chunk = settings.chunk
         self._out_of_line_us = int(settings.out_of_line_s * 1e6)
         self._totals = EnterpriseTotals(self._calendar)
+        # "flag": UNVERIFIED readings are flagged, their periods stay valid.
+        self._suspect = q.SUSPECT if settings.unverified == "invalid" else q.SUSPECT & ~q.UNVERIFIED
         self.metrics = ProcessingMetrics(registry)
 
     async def step(self) -> bool:
@@ -156,9 +167,11 @@ class Aggregator:
 
         # Validate, stuck registers included (who moved: this run's rows and the database's).
         run_since, keep_stuck = await self._run_since(conn, items, readings)
+        registry_flags = await unverified_flags(conn, items, readings, self._zone)
         first = first_pass(readings, items, max_gap_us=self._max_gap_us,
                            stuck_after_us=self._stuck_after_us, quarter_bounds=bounds[QUARTER],
-                           run_since=run_since)
+                           run_since=run_since, registry_flags=registry_flags,
+                           replacements=await self._replacements(conn, items, readings))
         # Only the 15-minute periods inside a window are complete.
         keep_q = inside(first.quarters.item, first.quarters.start, first.quarters.end,
                         w_item, w_lo, w_hi)
@@ -176,7 +189,7 @@ class Aggregator:
 
         # Tiers: 15 minutes from the readings, the rest from their children.  Rows a
         # period no longer deserves are withdrawn, and their parents recomputed too.
-        child = finish(quarters.take(keep_q), items)
+        child = finish(quarters.take(keep_q), items, self._suspect)
         e_item, e_start = await self._stored_quarters(
             conn, items, *holes(w_item, w_lo, w_hi, child.item, child.start, child.end))
         keys = [await settle(conn, items, QUARTER, child, e_item, e_start, run)]
@@ -188,13 +201,13 @@ class Aggregator:
             c_start = np.concatenate([c_start, g_t0[g_tier == tier]])
             rows = await self._coarse(conn, items, c_item, c_start, bounds[tier], tier)
             p_item, p_start = self._parents(c_item, c_start, bounds[tier])
-            keys.append(await settle(conn, items, tier, finish(rows, items), p_item,
+            keys.append(await settle(conn, items, tier, finish(rows, items, self._suspect), p_item,
                                            p_start, run))
         await self._totals.write(conn, items, keys, begun, run)
 
         await write_flags(conn, items, readings, quality, run)
         await write_events(conn, items, readings, v.ends_segment, v.event_reading,
-                                 v.event_kind, run)
+                           v.event_kind, v.event_reason, run)
 
     async def _windows(self, conn: asyncpg.Connection, items: ItemTable, item: np.ndarray,
                        lo: np.ndarray, hi: np.ndarray, run: RunTally,
@@ -246,6 +259,25 @@ class Aggregator:
         lg = np.array(loaded[0], np.int64)
         return link_groups(w_item[lg], np.array(loaded[1], np.int64),
                            np.array(loaded[2], np.float64), np.array(loaded[3], np.int32), lg)
+
+    @staticmethod
+    async def _replacements(conn: asyncpg.Connection, items: ItemTable, r: Readings,
+                            ) -> Replacements:
+        """The recorded meter replacements inside the loaded stretches of cumulative
+        items (a replacement only matters between two readings of a register)."""
+        s_first, s_last = stretches(r)
+        ask = (items.kind[r.item[s_first]] == CUMULATIVE) & (s_last > s_first)
+        s_first, s_last = s_first[ask], s_last[ask]
+        if len(s_first) == 0:
+            return Replacements.of(*(np.zeros(0),) * 4)
+        ents, codes = item_keys(items, r.item[s_first])
+        rows = await conn.fetch(sql.REPLACEMENTS, np.arange(len(s_first), dtype=np.int32).tolist(),
+                                ents, codes, r.ts[s_first].tolist(), r.ts[s_last].tolist())
+        k = np.fromiter((row[0] for row in rows), np.int64, len(rows))
+        return Replacements.of(
+            r.item[s_first[k]], np.fromiter((row[1] for row in rows), np.int64, len(rows)),
+            np.fromiter((row[2] for row in rows), np.float64, len(rows)),
+            np.fromiter((row[3] for row in rows), np.float64, len(rows)))
 
     async def _run_since(self, conn: asyncpg.Connection, items: ItemTable, r: Readings,
                          ) -> tuple[np.ndarray, np.ndarray]:

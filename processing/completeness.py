@@ -168,6 +168,11 @@ class CompletenessMetrics:
         self._errors = Counter(
             "nhjc_completeness_errors_total", "Completeness updates that failed", registry=registry)
         # Every series exists from the start, so a panel or an alert never sees "no data".
+        self.reset()
+
+    def reset(self) -> None:
+        """Nothing computed here (at start, and once another instance owns the job):
+        the ratio NaN and the sums and bands 0, which the alerts' max() passes over."""
         self._ratio.set(math.nan)
         for kind in ("expected", "received"):
             self._values.labels(kind).set(0)
@@ -212,6 +217,10 @@ class CompletenessUpdater:
         self.metrics.computed(c)
         self.last = c
         return c
+
+    def disowned(self) -> None:
+        """Another instance computes completeness now (runtime.ownership)."""
+        self.metrics.reset()
 
     async def step(self) -> bool:
         """One update; never more work waiting (the runner sleeps the interval)."""

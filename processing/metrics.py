@@ -34,7 +34,8 @@ class ProcessingMetrics:
             "Consumption rows inserted or changed (revision bumped), by stat_type",
             ["stat_type"], registry=registry)
         self._events = Counter(
-            "nhjc_meter_events_total", "Meter events recorded, by kind (rollover, reset)",
+            "nhjc_meter_events_total",
+            "Meter events recorded, by kind (rollover, reset, replacement, replacement_refused)",
             ["kind"], registry=registry)
         self._readings = Counter(
             "nhjc_aggregator_readings_loaded_total",
@@ -57,7 +58,7 @@ class ProcessingMetrics:
         for tier in range(4):
             self._periods.labels(str(tier))
             self._changed.labels(str(tier))
-        for kind in ("rollover", "reset"):
+        for kind in ("rollover", "reset", "replacement", "replacement_refused"):
             self._events.labels(kind)
 
     def run_finished(self, *, seconds: float, pending: int, readings: int,

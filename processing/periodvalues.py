@@ -220,9 +220,10 @@ def compose(child: PeriodRows, gaps: GapRows, bounds: np.ndarray, tier: int) -> 
     ))
 
 
-def finish(rows: PeriodRows, items: ItemTable) -> Consumption:
+def finish(rows: PeriodRows, items: ItemTable, suspect: int = SUSPECT) -> Consumption:
     """Values as the platforms take them: the item's unit (instant items: the
-    time-weighted average over the known time), kgce, coverage and valid."""
+    time-weighted average over the known time), kgce, coverage and valid (no flag of
+    ``suspect``: SUSPECT, less UNVERIFIED when processing.unverified is "flag")."""
     inst = items.kind[rows.item] == INSTANT
     known_s = rows.known / 1e6
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -232,7 +233,7 @@ def finish(rows: PeriodRows, items: ItemTable) -> Consumption:
     # Instant values are not consumption and have no kgce; nor has an unknown energy kind.
     kgce = np.where(inst | ~np.isfinite(coef), 0.0, value * np.nan_to_num(coef))
     coverage = np.clip(rows.known / (rows.end - rows.start), 0.0, 1.0)
-    valid = ((rows.flags & SUSPECT) == 0) & (rows.known > 0)
+    valid = ((rows.flags & suspect) == 0) & (rows.known > 0)
     return Consumption(np.full(len(rows), rows.tier, np.int8), rows.item, rows.start, rows.end,
                        value, kgce, coverage, valid, rows.flags)
 

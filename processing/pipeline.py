@@ -8,11 +8,11 @@ new readings touches, taking the coarse tiers' children from the database.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ingest.quality import OUT_OF_LINE
+from ingest.quality import OUT_OF_LINE, SUSPECT
 from processing.itemtable import ItemTable
 from processing.periods import DAY, MONTH, QUARTER, TIERS, YEAR, Calendar
 from processing.periodvalues import (
@@ -26,6 +26,7 @@ from processing.periodvalues import (
     gap_tiers,
     totals,
 )
+from processing.replacing import Replacements
 from processing.segments import Readings, Segments, Validated, segment_flags, validate
 from processing.stuck import Movers, StuckCandidates, apply_stuck, candidates, flag_stuck
 
@@ -57,8 +58,14 @@ class FirstPass:
 
 
 def first_pass(readings: Readings, items: ItemTable, *, max_gap_us: int, stuck_after_us: int,
-               quarter_bounds: np.ndarray, run_since: np.ndarray | None = None) -> FirstPass:
-    v = validate(readings, items, max_gap_us=max_gap_us)
+               quarter_bounds: np.ndarray, run_since: np.ndarray | None = None,
+               registry_flags: np.ndarray | None = None,
+               replacements: Replacements | None = None) -> FirstPass:
+    """Validation; ``registry_flags`` (per reading) are flags that the registries decide,
+    not the readings (UNVERIFIED, processing.verification), added to what validation finds."""
+    v = validate(readings, items, max_gap_us=max_gap_us, replacements=replacements)
+    if registry_flags is not None and registry_flags.any():
+        v = replace(v, quality=(v.quality | registry_flags).astype(np.int32))
     flags = segment_flags(v.segments, v.quality)
     quarters = distribute(v.segments, flags, quarter_bounds, QUARTER)
     cand = candidates(v, items, stuck_after_us=stuck_after_us, run_since=run_since)
@@ -105,18 +112,23 @@ def tier_rows(seg: Segments, flags: np.ndarray, quarters: PeriodRows, bounds: di
 
 
 def compute(readings: Readings, items: ItemTable, calendar: Calendar, *, max_gap_s: float = 1800.0,
-            stuck_after_s: float = 6 * 3600.0, hierarchical: bool = True) -> Result:
-    """Everything the readings given determine, as if they were the items' whole history."""
+            stuck_after_s: float = 6 * 3600.0, hierarchical: bool = True,
+            registry_flags: np.ndarray | None = None, suspect: int = SUSPECT,
+            replacements: Replacements | None = None) -> Result:
+    """Everything the readings given (and the items' recorded meter replacements)
+    determine, as if they were the items' whole history
+    (``registry_flags`` and ``suspect``: see :func:`first_pass` and periodvalues.finish)."""
     max_gap_us, stuck_after_us = int(max_gap_s * 1e6), int(stuck_after_s * 1e6)
     lo = int(readings.ts.min()) if len(readings) else 0
     hi = int(readings.ts.max()) if len(readings) else 0
     bounds = {tier: calendar.bounds(tier, lo, hi) for tier in TIERS}
     first = first_pass(readings, items, max_gap_us=max_gap_us, stuck_after_us=stuck_after_us,
-                       quarter_bounds=bounds[QUARTER])
+                       quarter_bounds=bounds[QUARTER], registry_flags=registry_flags,
+                       replacements=replacements)
     quality, flags, quarters = second_pass(first, items)
     v = first.validated
     tiers = tier_rows(v.segments, flags, quarters, bounds, hierarchical=hierarchical)
-    per_item = Consumption.concat([finish(tiers[t], items) for t in TIERS])
+    per_item = Consumption.concat([finish(tiers[t], items, suspect) for t in TIERS])
     # An item's series begins at its first finite reading that is not out of line.
     begins = np.isfinite(readings.value) & ((quality & OUT_OF_LINE) == 0)
     since = first_readings(readings.item[begins], readings.ts[begins], len(items))

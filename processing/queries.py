@@ -14,8 +14,9 @@ from processing.periods import QUARTER_US
 
 __all__ = [
     "BACKLOG", "CHILDREN", "CLAIM", "CLAIM_MORE", "DELETE_CLAIMED", "DELETE_EVENTS",
-    "DELETE_GAPS", "EXCLUSION_OFF", "EXCLUSION_ON", "FIRST_READINGS", "FLAG_OUT_OF_LINE", "GAPS", "INSERT_GAPS", "ITEMS", "LOAD",
-    "MOVERS", "NEIGHBOURS", "PLANNER", "RUN_SINCE", "STORED_QUARTERS", "STORED_TOTALS", "TOTAL_INPUTS",
+    "DELETE_GAPS", "EXCLUSION_OFF", "EXCLUSION_ON", "FIRST_READINGS", "FLAG_OUT_OF_LINE", "GAPS",
+    "INSERT_GAPS", "ITEMS", "LOAD", "MOVERS", "NEIGHBOURS", "PLANNER", "REPLACEMENTS", "RUN_SINCE",
+    "STORED_QUARTERS", "STORED_TOTALS", "TOTAL_INPUTS",
     "UPDATE_QUALITY", "UPSERT", "UPSERT_EVENTS", "WITHDRAW",
 ]
 
@@ -103,6 +104,16 @@ CROSS JOIN LATERAL (
   SELECT r.ts, r.value, r.quality FROM readings r
   WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= b.f AND r.ts <= b.l OFFSET 0
 ) AS x
+"""
+
+# The recorded meter replacements inside each loaded stretch (lo, hi]: (stretch, time,
+# old final, new initial).  A replacement at a stretch's first reading belongs to the
+# segment before it, which the stretch does not hold.
+REPLACEMENTS = f"""
+SELECT u.k, {_us('m.replaced_at')}, m.old_final, m.new_initial
+FROM {_UNNEST_RANGES}
+JOIN meter_replacements m ON m.enterprise = u.e AND m.code = u.c
+  AND m.replaced_at > {_ts('u.lo')} AND m.replaced_at <= {_ts('u.hi')}
 """
 
 # Since when (clamped to t - stuck_after) a register has shown the value v it shows at
@@ -249,14 +260,15 @@ WHERE m.enterprise = u.e AND m.code = u.c AND m.ts = {_ts('u.t')}
 """
 
 UPSERT_EVENTS = f"""
-INSERT INTO meter_events AS m (enterprise, code, ts, kind, value_before, value_after)
-SELECT u.e, u.c, {_ts('u.t')}, u.kind, u.vb, u.va
-FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::float8[], $6::float8[])
-  AS u(e, c, t, kind, vb, va)
+INSERT INTO meter_events AS m (enterprise, code, ts, kind, value_before, value_after, reason)
+SELECT u.e, u.c, {_ts('u.t')}, u.kind, u.vb, u.va, u.why
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::float8[], $6::float8[],
+            $7::text[]) AS u(e, c, t, kind, vb, va, why)
 ON CONFLICT (enterprise, code, ts) DO UPDATE SET kind = EXCLUDED.kind,
-  value_before = EXCLUDED.value_before, value_after = EXCLUDED.value_after, detected_at = now()
-WHERE (m.kind, m.value_before, m.value_after)
-  IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.value_before, EXCLUDED.value_after)
+  value_before = EXCLUDED.value_before, value_after = EXCLUDED.value_after,
+  reason = EXCLUDED.reason, detected_at = now()
+WHERE (m.kind, m.value_before, m.value_after, m.reason)
+  IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.value_before, EXCLUDED.value_after, EXCLUDED.reason)
 RETURNING m.kind
 """
 

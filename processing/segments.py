@@ -9,6 +9,10 @@ consumption it carries (multiplier applied) and its state:
 * UNKNOWN: a reset or meter replacement (or a negative interval value): no consumption
   known, none counted.
 
+A meter replacement recorded in ``meter_replacements`` turns its segment from UNKNOWN
+into known consumption, in two parts either side of the replacement time
+(:mod:`processing.replacing`).
+
 Flags that describe a segment (ROLLOVER, RESET, SPIKE, and OUT_OF_RANGE for a rate of
 consumption) are put on the reading that ends it; flags that describe a reading itself
 (EARLY, LATE, NON_FINITE, STUCK, OUT_OF_RANGE of an instant value) taint the segments on
@@ -23,8 +27,12 @@ import numpy as np
 
 from ingest import quality as q
 from processing.itemtable import CUMULATIVE, INSTANT, INTERVAL, ItemTable
+from processing.replacing import Matched, Replacements, match
 
 __all__ = [
+    "EVENT_KINDS",
+    "EVENT_REPLACEMENT",
+    "EVENT_REPLACEMENT_REFUSED",
     "EVENT_RESET",
     "EVENT_ROLLOVER",
     "GAP",
@@ -39,11 +47,14 @@ __all__ = [
 ]
 
 MEASURED, GAP, UNKNOWN = 0, 1, 2
-EVENT_ROLLOVER, EVENT_RESET = 1, 2
+EVENT_ROLLOVER, EVENT_RESET, EVENT_REPLACEMENT, EVENT_REPLACEMENT_REFUSED = 1, 2, 3, 4
+# meter_events.kind of each event code
+EVENT_KINDS = {EVENT_ROLLOVER: "rollover", EVENT_RESET: "reset", EVENT_REPLACEMENT: "replacement",
+               EVENT_REPLACEMENT_REFUSED: "replacement_refused"}
 
 # Flags a reading carries for the segment that ends at it.
 _SEGMENT_LEVEL = q.ROLLOVER | q.RESET | q.SPIKE | q.OUT_OF_RANGE
-_READING_LEVEL = q.EARLY | q.LATE | q.NON_FINITE | q.STUCK | q.OUT_OF_LINE
+_READING_LEVEL = q.EARLY | q.LATE | q.NON_FINITE | q.STUCK | q.OUT_OF_LINE | q.UNVERIFIED
 _US_PER_HOUR = 3.6e9
 
 
@@ -112,8 +123,9 @@ class Validated:
     # ends_segment[j]: reading j ends a segment here, so its segment-level flags were
     # computed; otherwise they are kept as stored (its predecessor was not given).
     ends_segment: np.ndarray
-    event_reading: np.ndarray  # reading index of each rollover or reset
-    event_kind: np.ndarray  # EVENT_ROLLOVER or EVENT_RESET
+    event_reading: np.ndarray  # reading index of each meter event (the segment's end)
+    event_kind: np.ndarray  # EVENT_ROLLOVER, EVENT_RESET, EVENT_REPLACEMENT(_REFUSED)
+    event_reason: np.ndarray  # int8: why a replacement was refused (replacing.REASONS), else 0
 
 
 def reading_level_mask(instant: np.ndarray) -> np.ndarray:
@@ -121,8 +133,10 @@ def reading_level_mask(instant: np.ndarray) -> np.ndarray:
     return np.where(instant, _READING_LEVEL | q.OUT_OF_RANGE, _READING_LEVEL).astype(np.int32)
 
 
-def validate(r: Readings, items: ItemTable, *, max_gap_us: int) -> Validated:
-    """Flags and segments of sorted, unique readings.  Pure; no I/O."""
+def validate(r: Readings, items: ItemTable, *, max_gap_us: int,
+             replacements: Replacements | None = None) -> Validated:
+    """Flags and segments of sorted, unique readings, and the recorded meter
+    replacements of their items (any order of time; none when not given).  Pure; no I/O."""
     n = len(r)
     finite = np.isfinite(r.value)
     fin = np.flatnonzero(finite)
@@ -156,9 +170,17 @@ def validate(r: Readings, items: ItemTable, *, max_gap_us: int) -> Validated:
     rollover = down & plausible
     reset = down & ~rollover
     negative = itv & (v1 < 0)  # an interval item never consumes less than nothing
+    raw = np.where(cum, np.where(rollover, wrapped, delta), np.where(itv, v1, 0.0))
+    rep = None
+    if replacements is not None and len(replacements):
+        rep = match(replacements, it, t0, t1, v0, v1, cum, rollover_at, hi, mult)
+        # A recorded replacement explains the register's jump, whichever way it went: no
+        # rollover, no reset, its consumption known.  A refused one leaves an unknown reset.
+        rollover[rep.seg] = False
+        reset[rep.seg] = ~rep.applied
+        raw[rep.seg] = np.where(rep.applied, rep.old + rep.new, 0.0)
     unknown = reset | negative
 
-    raw = np.where(cum, np.where(rollover, wrapped, delta), np.where(itv, v1, 0.0))
     amount = np.where(unknown, 0.0, raw * mult)
     iv0 = np.where(inst, v0 * mult, 0.0)
     iv1 = np.where(inst, v1 * mult, 0.0)
@@ -176,6 +198,8 @@ def validate(r: Readings, items: ItemTable, *, max_gap_us: int) -> Validated:
         item=it, start=a, end=b, t0=t0, t1=t1, amount=amount, v0=iv0, v1=iv1, state=state,
         instant=inst, skipped=nonfinite_before[b] - nonfinite_before[a] > 0,
     )
+    if rep is not None:
+        seg = _split(seg, rep, mult, max_gap_us)
 
     # Reading flags.
     kinds = items.kind[r.item]
@@ -197,8 +221,44 @@ def validate(r: Readings, items: ItemTable, *, max_gap_us: int) -> Validated:
     ev_reading = np.concatenate([b[rollover], b[reset]])
     ev_kind = np.concatenate([np.full(int(rollover.sum()), EVENT_ROLLOVER, np.int8),
                               np.full(int(reset.sum()), EVENT_RESET, np.int8)])
+    ev_reason = np.zeros(len(ev_reading), np.int8)
+    if rep is not None:
+        # The replacement's own event instead of the reset's.
+        ev_keep = ~np.isin(ev_reading, b[rep.seg])
+        ev_reading = np.concatenate([ev_reading[ev_keep], b[rep.seg]])
+        ev_kind = np.concatenate([ev_kind[ev_keep], np.where(
+            rep.applied, EVENT_REPLACEMENT, EVENT_REPLACEMENT_REFUSED).astype(np.int8)])
+        ev_reason = np.concatenate([ev_reason[ev_keep], rep.reason])
     order = np.argsort(ev_reading, kind="stable")
-    return Validated(r, seg, quality, ends, ev_reading[order], ev_kind[order])
+    return Validated(r, seg, quality, ends, ev_reading[order], ev_kind[order], ev_reason[order])
+
+
+def _split(seg: Segments, rep: Matched, mult: np.ndarray, max_gap_us: int) -> Segments:
+    """Each applied replacement's segment as two: the old meter's part over [t0, T] and
+    the new meter's over [T, t1], each measured or a gap by its own length.  Both rest
+    on the same readings (start, end).  A reading exactly at T: one part, [t0, T]."""
+    ok = rep.applied
+    k, ts = rep.seg[ok], rep.ts[ok]
+    m = mult[k]
+    whole = ts == seg.t1[k]  # the new meter counted nothing before its reading at T
+    old_amount = np.where(whole, rep.old[ok] + rep.new[ok], rep.old[ok]) * m
+
+    def state(dt: np.ndarray) -> np.ndarray:
+        return np.where(dt > max_gap_us, GAP, MEASURED).astype(np.int8)
+
+    t1, amount, st = seg.t1.copy(), seg.amount.copy(), seg.state.copy()
+    t1[k], amount[k], st[k] = ts, old_amount, state(ts - seg.t0[k])
+    k, ts = k[~whole], ts[~whole]
+    at = k + 1  # the new part right after its old part: (item, t0) order is kept
+    new_amount = rep.new[ok][~whole] * mult[k]
+    return Segments(
+        item=np.insert(seg.item, at, seg.item[k]), start=np.insert(seg.start, at, seg.start[k]),
+        end=np.insert(seg.end, at, seg.end[k]), t0=np.insert(seg.t0, at, ts),
+        t1=np.insert(t1, at, seg.t1[k]), amount=np.insert(amount, at, new_amount),
+        v0=np.insert(seg.v0, at, 0.0), v1=np.insert(seg.v1, at, 0.0),
+        state=np.insert(st, at, state(seg.t1[k] - ts)),
+        instant=np.insert(seg.instant, at, False), skipped=np.insert(seg.skipped, at, seg.skipped[k]),
+    )
 
 
 def segment_flags(seg: Segments, quality: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ from processing import queries as sql
 from processing.itemtable import ItemTable
 from processing.periods import DAY, YEAR
 from processing.periodvalues import Consumption, gap_tiers
-from processing.segments import EVENT_ROLLOVER, Readings, Segments
+from processing.replacing import REASONS
+from processing.segments import EVENT_KINDS, Readings, Segments
 from processing.windows import stretches
 
 __all__ = ["RunTally", "item_keys", "period_key", "settle", "strings_at", "write_events",
@@ -133,7 +134,7 @@ async def write_flags(conn: asyncpg.Connection, items: ItemTable, r: Readings,
 
 async def write_events(conn: asyncpg.Connection, items: ItemTable, r: Readings,
                        ends_segment: np.ndarray, at: np.ndarray, kind: np.ndarray,
-                       run: RunTally) -> None:
+                       reason: np.ndarray, run: RunTally) -> None:
     """Meter events of the readings whose segment was recomputed: the current ones
     written, stale ones (the readings around them changed) removed."""
     none = ends_segment | ~np.isfinite(r.value)
@@ -147,8 +148,9 @@ async def write_events(conn: asyncpg.Connection, items: ItemTable, r: Readings,
     prev = np.maximum.accumulate(np.where(np.isfinite(r.value), np.arange(len(r)), 0))
     before = r.value[prev[np.maximum(at - 1, 0)]]
     ents, codes = item_keys(items, r.item[at])
-    kinds = np.where(kind == EVENT_ROLLOVER, "rollover", "reset").tolist()
+    kinds = [EVENT_KINDS[k] for k in kind.tolist()]
+    reasons = [REASONS[k] for k in reason.tolist()]
     result = await conn.fetch(sql.UPSERT_EVENTS, ents, codes, r.ts[at].tolist(), kinds,
-                              before.tolist(), r.value[at].tolist())
+                              before.tolist(), r.value[at].tolist(), reasons)
     for row in result:
         run.events[row["kind"]] += 1

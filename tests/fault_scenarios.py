@@ -440,9 +440,13 @@ class RoundResult:
     service_exited: bool       # on its own: a crash
 
 
-def run_round(chain: Chain, fault: str, round_no: int, *, rng: random.Random | None = None,
+Fault = Callable[[Chain, Publisher, Ledger, random.Random], Done]
+
+
+def run_round(chain: Chain, fault: str | Fault, round_no: int, *, rng: random.Random | None = None,
               enterprises: int = 4, rate: float = 150.0, timeout: float = 120) -> RoundResult:
-    """One round of load with ``fault`` applied; the caller asserts or prints."""
+    """One round of load with ``fault`` (a name in FAULTS, or a function of the same
+    form) applied; the caller asserts or prints."""
     rng = rng or random.Random(round_no)
     load = Load(round_no, enterprises=enterprises)
     ledger = load.ledger()
@@ -457,7 +461,8 @@ def run_round(chain: Chain, fault: str, round_no: int, *, rng: random.Random | N
     wait_for(lambda: count(chain.dsn, "SELECT count(*) FROM items WHERE enterprise = ANY(%s)", list(ledger.enterprises))
              == len(ITEMS) * enterprises, 60, "the round's items registered")
     pub = Publisher(chain.broker.url, load.messages(), rate).start()
-    fault_end, detail = FAULTS[fault](chain, pub, ledger, rng)
+    act = FAULTS[fault] if isinstance(fault, str) else fault
+    fault_end, detail = act(chain, pub, ledger, rng)
     published_at = pub.wait()
     since = max(fault_end, published_at)
     deadline = since + timeout
@@ -468,7 +473,8 @@ def run_round(chain: Chain, fault: str, round_no: int, *, rng: random.Random | N
         time.sleep(0.25)
         result = chain.account_when_reachable(ledger, deadline)
     recovery = time.monotonic() - since if result.caught_up else None
-    return RoundResult(fault, detail, ledger, result, recovery, chain.restarts - restarts, not chain.service_alive())
+    name = fault if isinstance(fault, str) else fault.__name__
+    return RoundResult(name, detail, ledger, result, recovery, chain.restarts - restarts, not chain.service_alive())
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from ingest import quality as q
 from processing.itemtable import ItemTable
 from processing.periods import Calendar
 from processing.pipeline import Result, compute
+from processing.replacing import Replacements
 from processing.segments import Readings
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ENTERPRISE",
     "GAS",
     "TZ",
+    "Replaced",
     "Row",
     "Series",
     "at",
@@ -49,6 +51,7 @@ __all__ = [
     "mutate",
     "nasty_text",
     "readings",
+    "replaced_meters",
     "rows",
     "run",
     "series",
@@ -228,6 +231,66 @@ def full_year_series(draw: st.DrawFn, *, year: int = 2024, max_gap_s: int = 1800
     values = _register(rng, len(ts), decreases=False, rollover=rollover, start_value=99_000.0)
     items = table(item(rollover=rollover, multiplier=float(draw(st.sampled_from([1, 40])))))
     return Series(items, np.zeros(len(ts), np.int64), ts, values, np.zeros(len(ts), np.int32))
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """One cumulative item whose meter was replaced one to three times, each
+    replacement recorded; ``energy`` is what the meters counted (multiplier applied):
+    each old register from its first reading (or initial value) to its final value, the
+    last one from its initial value to its last reading."""
+
+    series: Series
+    replacements: Replacements
+    energy: float
+    # (time us, old final, new initial) of each replacement, for the database tests
+    records: list[tuple[int, float, float]]
+
+
+@st.composite
+def replaced_meters(draw: st.DrawFn, *, max_readings: int = 30) -> Replaced:
+    """Readings of one item measured by successive meters, with gaps (some longer than
+    30 minutes) and replacement times anywhere in ``(last old reading, first new
+    reading]``, all inside one year."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_meters = draw(st.integers(2, 4))
+    mult = float(draw(st.sampled_from([1, 2, 0.5, 40])))
+    rollover = draw(st.sampled_from([None, 1e7]))  # a rollover value no register reaches
+    t = at(2024, 7, 1) - draw(st.integers(0, 48 * 3600)) * 1_000_000
+    ts, vals, records = [], [], []
+    energy = 0.0
+    start = float(np.round(rng.uniform(0, 5000), 2))
+    first_value = start
+    for m in range(n_meters):
+        n = draw(st.integers(1, max_readings))
+        steps = rng.integers(1, 3 * 3600 + 1, n) * 1_000_000
+        steps = np.where(rng.random(n) < 0.8, np.minimum(steps, 900 * 1_000_000), steps)
+        steps[0] = 0 if m == 0 else steps[0]  # a new meter's first reading comes after T
+        inc = np.round(rng.exponential(2.0, n) * (rng.random(n) < 0.9), 2)
+        inc[0] = 0.0 if m == 0 else inc[0]
+        if m > 0:
+            # T somewhere in (the last old reading, this meter's first reading].
+            replaced_at = t + int(rng.integers(1, int(steps[0]) // 1_000_000 + 1)) * 1_000_000
+            # Rounded like a register, never below its last reading.
+            old_final = max(vals[-1], float(np.round(vals[-1] + rng.exponential(1.0)
+                                                     * (rng.random() < 0.8), 2)))
+            energy += old_final - first_value
+            first_value = float(np.round(rng.uniform(0, 5000), 2))
+            records.append((replaced_at, old_final, first_value))
+            start = first_value
+        m_ts = t + np.cumsum(steps)
+        m_vals = np.round(start + np.cumsum(inc), 2)  # never below start (rounded already)
+        ts.extend(m_ts.tolist())
+        vals.extend(m_vals.tolist())
+        t = int(m_ts[-1])
+    energy += vals[-1] - first_value
+    items = table(item(multiplier=mult, rollover=rollover))
+    n_all = len(ts)
+    s = Series(items, np.zeros(n_all, np.int64), np.array(ts, np.int64), np.array(vals),
+               np.zeros(n_all, np.int32))
+    rp = Replacements.of(np.zeros(len(records), np.int64), np.array([r[0] for r in records]),
+                         np.array([r[1] for r in records]), np.array([r[2] for r in records]))
+    return Replaced(s, rp, energy * mult, records)
 
 
 # -- decoder inputs (tests/test_fuzz_decoders.py) ----------------------------------------

@@ -2,7 +2,8 @@
 Mosquitto, with accounts and the ACL written by `nhjc broker add-gateway` and
 `nhjc broker add-service`: anonymous clients are refused, an enterprise's gateway cannot
 write under another enterprise's prefix, the pipeline's account reads everything (shared
-subscriptions too, and `nhjc run` itself over TLS), and TLS works."""
+subscriptions too, and `nhjc run` itself over TLS), and TLS works; the pipeline's
+account may take up a gone instance's session (the adoption of sessions)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from nhjc.broker import pbkdf2_entry, set_password
 from tests.harness import wait_count
@@ -263,7 +266,7 @@ def test_nhjc_run_stores_a_gateways_readings_through_the_secure_broker(secure, d
     items = json.dumps({"v": 1, "items": [item(c) for c in codes]}).encode()
     gw.c.publish(f"nhjc/v1/{A}/gw-1/items", items, qos=1, retain=True).wait_for_publish(5)
     env = {"NHJC_MQTT__USERNAME": "nhjc-pipeline", "NHJC_MQTT__PASSWORD": PASSWORDS["nhjc-pipeline"],
-           "NHJC_MQTT__CA_FILE": str(secure.certs["ca"]), "NHJC_MQTT__SHARE_GROUP": "nhjc"}
+           "NHJC_MQTT__CA_FILE": str(secure.certs["ca"]), "NHJC_MQTT__SHARED_GROUP": "nhjc"}
     svc = ServiceProcess(f"mqtts://127.0.0.1:{secure.tls_port}", db, env=env, log=tmp_path / "svc.log").start()
     try:
         rs = [{"code": c, "ts": T0 + i * 60, "value": 100.0 + i} for c in codes for i in range(10)]
@@ -337,3 +340,65 @@ def test_secure_conf_leaves_no_anonymous_listener_on_all_interfaces() -> None:
     wide = [ln for ln in listeners if len(ln) == 2]
     assert wide == [["listener", "8883"]]
     assert all(ln[2] == "127.0.0.1" for ln in listeners if len(ln) == 3)
+
+
+def test_the_pipeline_account_can_adopt_a_gone_instances_session(secure) -> None:
+    # nhjc/adoption.py: an instance connects under the pipeline's account as a gone
+    # peer's client id, unsubscribes its session and receives what it held.
+    tag = uuid.uuid4().hex[:6]
+
+    def member(cid: str, got: list[bytes], *, share: bool) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        c.username_pw_set("nhjc-pipeline", PASSWORDS["nhjc-pipeline"])
+        c.tls_set(ca_certs=str(secure.certs["ca"]))
+        c.on_message = lambda _c, _u, m: got.append(m.payload)
+        unsubscribed: list[bool] = []
+        c.on_unsubscribe = lambda _c, _u, _mid, reasons, _p: unsubscribed.extend(not r.is_failure for r in reasons)
+        subscribed = threading.Event()
+        c.on_subscribe = lambda *_: subscribed.set()
+        # A group of its own: an earlier test's kept session is a member of "nhjc".
+        topic = f"$share/adopt-{tag}/nhjc/v1/+/+/readings"
+        c.on_connect = (lambda cl, *_: cl.subscribe(topic, 1)) if share else (lambda cl, *_: cl.unsubscribe(topic))
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        c.connect("127.0.0.1", secure.tls_port, 30, clean_start=False, properties=props)
+        c.loop_start()
+        if share:
+            assert subscribed.wait(5)
+        else:
+            deadline = time.monotonic() + 5
+            while not unsubscribed and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert unsubscribed == [True]
+        return c
+
+    got_a: list[bytes] = []
+    got_b: list[bytes] = []
+    got_adopter: list[bytes] = []
+    a = member(f"nhjc-a-{tag}", got_a, share=True)
+    b = member(f"nhjc-b-{tag}", got_b, share=True)
+    gw = Client(secure, A)
+    assert gw.connect()
+    try:
+        sock = a.socket()
+        assert sock is not None
+        sock.close()  # gone without a DISCONNECT, as a killed instance
+        a.loop_stop()
+        time.sleep(0.5)
+        for i in range(6):
+            gw.publish(f"nhjc/v1/{A}/gw-1/readings", f"m{i}".encode())
+        deadline = time.monotonic() + 5
+        while len(got_b) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        adopter = member(f"nhjc-a-{tag}", got_adopter, share=False)
+        deadline = time.monotonic() + 5
+        while len(got_b) + len(got_adopter) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        adopter.loop_stop()
+        adopter.disconnect()
+        assert got_adopter, "the gone member's turn was not delivered to the adopter"
+        assert sorted(got_b + got_adopter) == [f"m{i}".encode() for i in range(6)]
+    finally:
+        gw.close()
+        b.loop_stop()
+        b.disconnect()

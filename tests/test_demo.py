@@ -68,7 +68,8 @@ def _run_demo(env: dict[str, str], tmp: Path, *extra: str,
     out = "".join(lines)
     assert rc == 0, out + (tmp / "stderr.log").read_text()
     for section in ("readings accepted", "quarantine", "periods", "uplink anhui", "shandong", "yunnan",
-                    "completeness", "simulator", "platforms: anhui http://127.0.0.1:"):
+                    "completeness", "simulator", "platforms: anhui http://127.0.0.1:", "instruments loaded",
+                    "instruments ", "out of verification", "scorecard this month:"):
         assert section in out, f"{section!r} missing from:\n{out}"
     assert out.rstrip().endswith("nhjc demo: stopped")
     return rc, out
@@ -149,6 +150,9 @@ def test_demo_use_configured_runs_on_the_configured_broker_and_database(fresh_br
     assert OWN.search(out) is None
     assert count(db, "SELECT count(*) FROM readings") > 0
     assert count(db, "SELECT count(*) FROM items") > 0
+    # the simulated enterprises' instruments, three of them out of date
+    assert count(db, "SELECT count(*) FROM meters") > 0
+    assert count(db, "SELECT count(*) FROM meters WHERE next_align_date < current_date") == 3
     assert "New client connected" in (fresh_broker.workdir / "broker.log").read_text()
 
 

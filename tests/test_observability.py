@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from config.settings import ProcessingSettings
 from nhjc.http import HttpEndpoint
 from processing.completeness import CompletenessUpdater, completeness_today
+from processing.scorecard import month_of, refresh, scores
 from runtime.dberrors import DatabaseHealth
 from runtime.runner import RunnerEvents, StageRunner
 from tests.services import ROOT
@@ -69,7 +70,7 @@ PENDING: dict[str, str] = {}  # every stage is wired into nhjc run
 # Labels a metric may carry: all of them take values from short fixed lists (or the
 # configured uplink targets).  Never an enterprise, a code, a gateway or a topic.
 ALLOWED_LABELS = {"reason", "level", "since", "le", "flag", "stat_type", "kind", "target", "cause",
-                  "call", "outcome", "band", "quantile"}
+                  "call", "outcome", "band", "quantile", "work", "change", "period", "measure"}
 
 
 # --- tools ---------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_the_compose_configuration_differs_only_in_its_target() -> None:
 
     local, compose = body("prometheus.yml"), body("prometheus.compose.yml")
     diff = [(a, b) for a, b in zip(local, compose, strict=True) if a != b]
-    assert diff == [('      - targets: ["127.0.0.1:9108"]', '      - targets: ["nhjc:9108"]')]
+    assert diff == [('      - targets: ["127.0.0.1:9108"]', '      - targets: ["nhjc-1:9108", "nhjc-2:9108"]')]
 
 
 def test_alerts_and_dashboards_never_group_by_a_high_cardinality_label() -> None:
@@ -455,6 +456,11 @@ async def test_every_energy_panel_query_returns_the_inserted_figures(db: str) ->
              for i, q in enumerate([0, 0, 2, 2, 64 | 8])]
             + [(e2, EL, ts0, 5.0, 128, now), (e2, EL, ts0 - timedelta(days=3), 5.0, 2, now)])  # outside 24 h
 
+        # the scorecard's table, for yesterday and today (and their months)
+        local_today = now.date()
+        await refresh(conn, [local_today - timedelta(days=1), local_today], zone=tz, settle_s=SETTLE_S, now=now)
+        month_scores = await scores(conn, "month", month_of(local_today))
+
         variables: dict[str, str | list[str]] = {}
         for var in dash["templating"]["list"]:
             if var["type"] == "constant":
@@ -501,6 +507,13 @@ async def test_every_energy_panel_query_returns_the_inserted_figures(db: str) ->
         ranked = [(r["enterprise"], r["kgce"], r["days"], r["min_coverage"], r["days_not_valid"])
                   for r in results["Enterprises by comprehensive consumption over the time range"]]
         assert ranked == [(e2, pytest.approx(491.6), 2, 0.5, 1), (e1, pytest.approx(488.66), 2, 1.0, 0)]
+        month = {r["enterprise"]: (r["completeness"], r["items at 90 %"], r["instruments in verification"])
+                 for r in results["Scorecard this month, by enterprise (worst completeness first)"]}
+        assert month == {s.enterprise: (pytest.approx(s.completeness), f"{s.items_complete} / {s.items}", None)
+                         for s in month_scores}
+        per_day = results["Scorecard per day"]
+        assert [r["time"] for r in per_day] == [today]  # the items were registered today: they count from today
+        assert all(r["completeness"] is not None and 0 <= r["completeness"] <= 1 for r in per_day)
         daily = results["Completeness per day"]
         assert all(0 <= r["all enterprises"] <= 1 for r in daily)
         # today's row: e1's 4 items and e2's 1 over today's settled periods

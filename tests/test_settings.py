@@ -63,3 +63,45 @@ def test_every_backoff_refuses_a_maximum_below_its_minimum(monkeypatch, env, nam
     with pytest.raises(SettingsError) as e:
         load_settings()
     assert f"bad setting {named} " in str(e.value) and "is below" in str(e.value)
+
+
+@pytest.mark.parametrize(("group", "why"), [
+    ("a/b", "'/'"), ("nhjc+", "'+'"), ("#", "'#'"), ("x\n", "control characters"),
+])
+def test_a_shared_group_is_one_topic_level(monkeypatch, group, why) -> None:
+    monkeypatch.setenv("NHJC_MQTT__SHARED_GROUP", group)
+    with pytest.raises(SettingsError) as e:
+        load_settings()
+    assert "bad setting mqtt.shared_group (NHJC_MQTT__SHARED_GROUP)" in str(e.value) and why in str(e.value)
+
+
+def test_shared_group_subscribes_readings_only_as_shared(monkeypatch) -> None:
+    from ingest.topics import parse_topic, subscriptions
+
+    monkeypatch.setenv("NHJC_MQTT__SHARED_GROUP", "nhjc")
+    s = load_settings()
+    assert subscriptions(s.mqtt.shared_group) == ["$share/nhjc/nhjc/v1/+/+/readings", "nhjc/v1/+/+/items"]
+    assert subscriptions("") == ["nhjc/v1/+/+/readings", "nhjc/v1/+/+/items"]
+    # The broker delivers the publication's own topic on a shared subscription (tested
+    # end to end in tests/test_scale_out.py); a $share topic would be no topic of ours.
+    assert parse_topic("nhjc/v1/91340100MA0000001K/gw1/readings").kind == "readings"
+    with pytest.raises(ValueError, match="is not nhjc/v1"):
+        parse_topic("$share/nhjc/nhjc/v1/91340100MA0000001K/gw1/readings")
+
+
+def test_client_id_takes_the_host_name(monkeypatch) -> None:
+    import socket
+
+    monkeypatch.setenv("NHJC_MQTT__CLIENT_ID", "nhjc-{hostname}")
+    assert load_settings().mqtt.client_id == f"nhjc-{socket.gethostname()}"
+    monkeypatch.setenv("NHJC_MQTT__CLIENT_ID", "nhjc-{host}")
+    with pytest.raises(SettingsError, match=r"mqtt.client_id .*only \{hostname\}"):
+        load_settings()
+
+
+def test_ownership_gives_up_before_the_database_frees_its_jobs(monkeypatch) -> None:
+    monkeypatch.setenv("NHJC_OWNERSHIP__HEARTBEAT_S", "10")
+    monkeypatch.setenv("NHJC_OWNERSHIP__DEADLINE_S", "10")
+    with pytest.raises(SettingsError) as e:
+        load_settings()
+    assert "bad setting ownership.release_after_s" in str(e.value)

@@ -160,9 +160,18 @@ async def test_rejected_records_are_kept_with_the_message_and_not_retried(db: st
             await conn.close()
         key = wire_key(E1, POWER, 0, local(2026, 11, 28, 12, 0))
         await wait_until(lambda: has(prov.url, {key}), "the corrected record")
-        row = next(r for r in await outbox(db, "provincial")
-                   if r["enterprise"] == E1 and r["code"] == POWER and r["stat_type"] == 0
-                   and r["period_start"] == local(2026, 11, 28, 12, 0))
+
+        async def corrected_row() -> asyncpg.Record:
+            return next(r for r in await outbox(db, "provincial")
+                        if r["enterprise"] == E1 and r["code"] == POWER and r["stat_type"] == 0
+                        and r["period_start"] == local(2026, 11, 28, 12, 0))
+
+        # The platform holds the record before the outbox records its answer: wait for that.
+        async def corrected_settled() -> bool:
+            return bool((await corrected_row())["state"] != "pending")
+
+        await wait_until(corrected_settled, "the corrected record's answer recorded")
+        row = await corrected_row()
         assert row["state"] == "acked" and row["sent_value"] == 205.0
 
 

@@ -100,6 +100,22 @@ async def test_data_is_stored_once_and_resends_counted(platform: MockPlatform) -
     assert power["dataValue"] == 1300.0 and power["count"] == 3
 
 
+async def test_a_record_in_two_requests_at_once_is_an_overlap(platform: MockPlatform) -> None:
+    # Two senders at work on one period at the same time: what ownership must prevent.
+    reg = await registered(platform)
+    batch = {"enterpriseCode": E1, "deviceId": reg["deviceId"], "data": [rec()]}
+    await post(reg["centerDataURL"], batch)
+    await post(reg["centerDataURL"], batch)  # a resend after the reply: no overlap
+    assert (await get_json(platform.url, "/_stats"))["overlaps"] == 0
+    await control(platform.url, slow_s=0.3)
+    other = {**batch, "data": [rec(dataCode=GAS, scope=1, statType=1, statDate="2026-11-27 00:00:00")]}
+    replies = await asyncio.gather(post(reg["centerDataURL"], batch), post(reg["centerDataURL"], batch),
+                                   post(reg["centerDataURL"], other))
+    assert [status for status, _ in replies] == [200, 200, 200]
+    stats = await get_json(platform.url, "/_stats")
+    assert stats["overlaps"] == 1 and stats["resends"] == 3
+
+
 @pytest.mark.parametrize(("change", "named"), [
     ({"dataCode": "01-00-0000-2330-01"}, "dataCode"),
     ({"dataCode": "01-00-0000-023300-01", "scope": 1}, "scope 1"),

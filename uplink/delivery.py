@@ -21,6 +21,9 @@ Every reply is classified once (:mod:`uplink.http`), and none loops:
 - rejection: the records are kept as rejected with the reason and the platform's
   words, and are not sent again until their value changes or an operator says so
   (``nhjc uplink resend``).
+
+The same round carries the target's due instrument rows (:mod:`uplink.meter_delivery`),
+under the same rules, the same per-row backoff and the same target pause.
 """
 
 from __future__ import annotations
@@ -37,9 +40,12 @@ from config.settings import TargetSettings
 from runtime.backoff import Backoff, backoff_delay
 from runtime.dberrors import describe, is_retryable
 from uplink.adapters import Adapter, Enterprise, Registration
+from uplink.adapters.meters import MeterSender
 from uplink.devices import Devices, call_outcome
 from uplink.enterprises import EnterpriseDirectory
 from uplink.errors import RefreshError, RejectedError, RetryableError
+from uplink.meter_delivery import MeterDelivery
+from uplink.meter_outbox import MeterOutbox, MeterOutcomes, MeterRow
 from uplink.metrics import UplinkMetrics
 from uplink.outbox import DueRow, ItemRow, Outbox, Outcomes
 from uplink.records import TOTAL_CODE, Record, scope_of
@@ -53,7 +59,7 @@ class Delivery:
 
     def __init__(self, settings: TargetSettings, *, adapter: Adapter, outbox: Outbox,
                  directory: EnterpriseDirectory, zone: ZoneInfo, metrics: UplinkMetrics, clock: Clock,
-                 rng: random.Random) -> None:
+                 rng: random.Random, meter_outbox: MeterOutbox | None = None) -> None:
         self._name = outbox.target
         self._settings = settings
         self._adapter = adapter
@@ -68,6 +74,12 @@ class Delivery:
         self._pause = Backoff(settings.backoff_min_s, settings.backoff_max_s, rng)
         self.paused_until: datetime | None = None
         self._trouble: RetryableError | None = None  # a failure pausing the target, this round
+        # Instruments, when the adapter has calls for them and the target sends them.
+        self.meters = (MeterDelivery(self._name, sender=adapter, outbox=meter_outbox, devices=self.devices,
+                                     metrics=metrics, clock=clock, retry_at=self._retry_at,
+                                     trouble=self._note_trouble)
+                       if isinstance(adapter, MeterSender) and meter_outbox is not None and meter_outbox.kinds
+                       else None)
 
     async def round(self, stop: asyncio.Event) -> bool:
         """One round of sending; True when there may be more due right now."""
@@ -77,9 +89,10 @@ class Delivery:
         s = self._settings
         limit = s.batch_size * s.concurrency
         rows = await self._outbox.fetch_due(now, limit)
-        if not rows:
+        meter_rows = await self.meters.outbox.fetch_due(now, limit) if self.meters is not None else []
+        if not rows and not meter_rows:
             return False
-        out = Outcomes()
+        out, meter_out = Outcomes(), MeterOutcomes()
         # The platforms hear only what was measured: a period whose coverage fell to 0
         # (or whose row is gone) is not sent.  Never sent, it is simply dropped; sent
         # before, it is withdrawn: kept and counted, what the platform holds left as is.
@@ -97,24 +110,32 @@ class Delivery:
                 self._metrics.not_sendable(self._name, record, reason, self._tz)
                 continue
             by_enterprise.setdefault(row.enterprise, []).append(record)
+        meters_by: dict[str, list[MeterRow]] = {}
+        for mrow in meter_rows:
+            meters_by.setdefault(mrow.call.enterprise, []).append(mrow)
         self._trouble = None
         try:
-            items = await self._outbox.items(list(by_enterprise))
-            enterprises = await self._directory.lookup(list(by_enterprise))
+            codes = sorted(by_enterprise.keys() | meters_by.keys())
+            items = await self._outbox.items(codes)
+            enterprises = await self._directory.lookup(codes)
             sem = asyncio.Semaphore(s.concurrency)
             async with asyncio.TaskGroup() as tg:
                 for code, records in by_enterprise.items():
                     tg.create_task(self._deliver_enterprise(enterprises[code], records, items[code], out,
                                                             sem, stop))
+                if self.meters is not None:
+                    for code, mrows in meters_by.items():
+                        tg.create_task(self.meters.deliver(enterprises[code], mrows, items[code], meter_out, sem,
+                                                           lambda: self._halted(stop)))
         except Exception:
             # Something unexpected (a bug, the database away while saving a device) left
             # the round: its other requests were cancelled, their rows stay due as they
             # were.  What the platform already answered is recorded before the error
             # goes on to the stage runner; a cancellation (the service giving up on a
             # stalled database) records nothing, as the database is what it gave up on.
-            await self._outbox.record(out, self._clock())
+            await self._save(out, meter_out)
             raise
-        await self._outbox.record(out, self._clock())
+        await self._save(out, meter_out)
         if self._trouble is not None:
             pause = max(self._pause.next_delay(), self._trouble.retry_after_s or 0.0)
             self.paused_until = self._clock() + timedelta(seconds=pause)
@@ -124,7 +145,13 @@ class Delivery:
             self._metrics.answers_again(self._name, self._pause.failures)
         self._pause.reset()
         self.paused_until = None
-        return len(rows) == limit and not stop.is_set()
+        # An instrument acknowledged may free its verifications and replacements: look again.
+        return (len(rows) == limit or len(meter_rows) == limit or bool(meter_out.acked)) and not stop.is_set()
+
+    async def _save(self, out: Outcomes, meter_out: MeterOutcomes) -> None:
+        await self._outbox.record(out, self._clock())
+        if self.meters is not None:
+            await self.meters.outbox.record(meter_out, self._clock())
 
     def _record(self, row: DueRow) -> Record:
         assert row.value is not None and row.revision is not None
@@ -242,12 +269,19 @@ class Delivery:
         self._metrics.request(self._name, "data", call_outcome(exc), _time.monotonic() - t0, records=n_records)
 
     def _retry(self, records: Sequence[Record], exc: RetryableError, out: Outcomes, *, sent: bool) -> None:
-        now = self._clock()
-        s = self._settings
         for r in records:
-            delay = backoff_delay(r.attempts + 1, s.backoff_min_s, s.backoff_max_s, self._rng)
-            delay = max(delay, exc.retry_after_s or 0.0)
-            out.retried.append((r, now + timedelta(seconds=delay), str(exc)[:500], sent))
+            out.retried.append((r, self._retry_at(r.attempts, exc), str(exc)[:500], sent))
         self._metrics.retried(self._name, exc.reason, len(records))
+        self._note_trouble(exc)
+
+    def _retry_at(self, attempts: int, exc: RetryableError) -> datetime:
+        """When a record (or instrument row) that failed its attempt ``attempts + 1``
+        goes again: its own backoff, never before the platform's Retry-After."""
+        s = self._settings
+        delay = backoff_delay(attempts + 1, s.backoff_min_s, s.backoff_max_s, self._rng)
+        return self._clock() + timedelta(seconds=max(delay, exc.retry_after_s or 0.0))
+
+    def _note_trouble(self, exc: RetryableError) -> None:
+        """A failure that would fail every request alike pauses the target after this round."""
         if exc.pauses_target and self._trouble is None:
             self._trouble = exc

@@ -79,8 +79,10 @@ class Devices:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def ready(self, enterprise: Enterprise, records: Sequence[Record], items: Sequence[ItemRow],
-                    sem: asyncio.Semaphore) -> Registration:
-        """Registered, and configured for these records' data codes.  A failure raises
+                    sem: asyncio.Semaphore, *, configure: bool = True) -> Registration:
+        """Registered, and configured for these records' data codes (``configure``
+        False: registered only, for instrument calls, which need no item
+        configuration).  A failure raises
         :class:`RetryableError` (the records wait) after saving it as the device's
         ``last_error``; a refusal is turned into one too, with the reason ``register``
         or ``config``: it is not the records' fault."""
@@ -97,9 +99,10 @@ class Devices:
                 if self._registered_as.get(code, enterprise) != enterprise:
                     self.forget(code)  # the registry entry changed: register and configure anew
                 registration = await self._registration(enterprise, sem)
-                stage = "config"
-                await self._check_dictionary(enterprise, registration, sem)
-                await self._configure(enterprise, registration, records, items, sem)
+                if configure:
+                    stage = "config"
+                    await self._check_dictionary(enterprise, registration, sem)
+                    await self._configure(enterprise, registration, records, items, sem)
             except RetryableError as exc:
                 await self._failed(code, f"{stage}: {exc}")
                 if not exc.pauses_target:
@@ -115,13 +118,13 @@ class Devices:
         return registration
 
     async def refresh(self, enterprise: Enterprise, stale: Registration, records: Sequence[Record],
-                      items: Sequence[ItemRow], sem: asyncio.Semaphore) -> Registration:
+                      items: Sequence[ItemRow], sem: asyncio.Semaphore, *, configure: bool = True) -> Registration:
         """The platform refused a request made with ``stale``: forget it (unless a
         request of the same enterprise already did) and get ready again."""
         async with self._locks.setdefault(enterprise.code, asyncio.Lock()):
             if self._registrations.get(enterprise.code) is stale:
                 self.forget(enterprise.code)
-        return await self.ready(enterprise, records, items, sem)
+        return await self.ready(enterprise, records, items, sem, configure=configure)
 
     def forget(self, enterprise: str) -> None:
         """Register and configure again before the enterprise's next data."""

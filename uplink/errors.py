@@ -57,6 +57,7 @@ REJECT_REASONS = (
     "unknown_code",    # HTTP 200 with a failure code or message we do not know
     "refresh_failed",  # the same refresh-worthy failure again right after registering anew
     "not_sendable",    # refused before sending: the value is not a finite number
+    "not_taken",       # an instrument the platform has no call for (gbt37947 without centerMeteringDataUrl)
 )
 
 # What a RefreshError asks the runner to renew before the one retry.

@@ -6,6 +6,7 @@ low-cardinality: the target name and a reason from a fixed list
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from zoneinfo import ZoneInfo
 
@@ -55,6 +56,24 @@ class UplinkMetrics:
             ["target"], registry=registry)
         self._rejected_kept = Gauge(
             "nhjc_uplink_rejected_records", "Rejected records kept in the outbox", ["target"],
+            registry=registry)
+        # Measuring instruments (uplink_meter_outbox): kind is gauge, verify or replace.
+        self._meter_queued = Counter(
+            "nhjc_uplink_meter_queued_total", "Instrument rows made pending (new or changed), by kind",
+            ["target", "kind"], registry=registry)
+        self._meter_acked = Counter(
+            "nhjc_uplink_meter_acked_total", "Instrument calls the platform acknowledged, by kind",
+            ["target", "kind"], registry=registry)
+        self._meter_rejected = Counter(
+            "nhjc_uplink_meter_rejected_total", "Instrument rows refused (kept, not retried), by kind and reason",
+            ["target", "kind", "reason"], registry=registry)
+        self._meter_retries = Counter(
+            "nhjc_uplink_meter_retries_total", "Instrument rows scheduled for another attempt, by reason",
+            ["target", "reason"], registry=registry)
+        self._meter_backlog = Gauge(
+            "nhjc_uplink_meter_backlog", "Instrument rows pending and due", ["target"], registry=registry)
+        self._meter_rejected_kept = Gauge(
+            "nhjc_uplink_meter_rejected_rows", "Refused instrument rows kept in the outbox", ["target"],
             registry=registry)
         self._up = Gauge(
             "nhjc_uplink_target_up", "1 when the last request to the target got an answer",
@@ -154,6 +173,43 @@ class UplinkMetrics:
 
     def retried(self, target: str, reason: str, n: int) -> None:
         self._retries.labels(target, reason).inc(n)
+
+    # -- measuring instruments --------------------------------------------------------------
+
+    def meter_queued(self, target: str, queued: dict[str, int]) -> None:
+        """Instrument rows made pending because their record changed (or is new)."""
+        for kind, n in queued.items():
+            if n:
+                self._meter_queued.labels(target, kind).inc(n)
+                log.info("uplink %s: %d instrument row(s) of kind %s to send", target, n, kind)
+
+    def meter_acked(self, target: str, kind: str, sent: bool) -> None:
+        """An instrument row settled: acknowledged by the platform, or (``sent`` False)
+        nothing needed sending (a delete of what the platform never had)."""
+        if sent:
+            self._meter_acked.labels(target, kind).inc()
+
+    def meter_rejected(self, target: str, enterprise: str, ser_no: str, kind: str, status: int, message: str, *,
+                       reason: str) -> None:
+        """An instrument row refused: kept with the platform's words, sent again only when
+        its record changes or an operator says so (``nhjc uplink resend``)."""
+        self._meter_rejected.labels(target, kind, reason).inc()
+        log.warning("uplink %s: rejected instrument %s %s (%s, %s): HTTP %d %s", target, enterprise, ser_no, kind,
+                    reason, status, message)
+
+    def meter_retried(self, target: str, reason: str, n: int) -> None:
+        self._meter_retries.labels(target, reason).inc(n)
+
+    def meter_backlog(self, target: str, *, due: int, rejected: int) -> None:
+        self._meter_backlog.labels(target).set(due)
+        self._meter_rejected_kept.labels(target).set(rejected)
+
+    def disowned(self, target: str) -> None:
+        """Another instance sends to this target now: its gauges are that instance's."""
+        for gauge in (self._backlog, self._waiting, self._oldest, self._rejected_kept, self._up,
+                      self._meter_backlog, self._meter_rejected_kept):
+            with contextlib.suppress(KeyError):
+                gauge.remove(target)
 
     def backlog(self, target: str, *, due: int, waiting: int, oldest_s: float, rejected: int) -> None:
         self._backlog.labels(target).set(due)

@@ -5,6 +5,9 @@ A rejected record is never sent again on its own (the platform would refuse it t
 way, forever); it becomes pending when its period's value changes, or when
 :func:`resend` is called for its target and enterprise after the cause was fixed (a
 registry entry corrected, the platform's configuration mended).
+
+Instrument rows (``uplink_meter_outbox``) follow the same rules: :func:`meter_rejections`
+lists them, :func:`resend` makes an enterprise's refused rows of both kinds pending.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from datetime import datetime
 
 import asyncpg
 
-__all__ = ["Rejection", "rejections", "resend"]
+__all__ = ["MeterRejection", "Rejection", "meter_rejections", "rejections", "resend"]
 
 _LIST = """
 SELECT target, enterprise, code, stat_type, period_start, rejected_at, rejected_status,
@@ -31,6 +34,17 @@ _RESEND = """
 UPDATE uplink_outbox SET state = 'pending', attempts = 0, next_attempt_at = due_at, last_error = NULL
 WHERE target = $1 AND enterprise = $2 AND state = 'rejected'
 """
+_RESEND_METERS = """
+UPDATE uplink_meter_outbox SET state = 'pending', attempts = 0, last_error = NULL
+WHERE target = $1 AND enterprise = $2 AND state = 'rejected'
+"""
+_LIST_METERS = """
+SELECT target, enterprise, ser_no, kind, ref, rejected_at, rejected_status, rejected_reason, rejected_message
+FROM uplink_meter_outbox
+WHERE state = 'rejected' AND ($1::text IS NULL OR target = $1)
+ORDER BY rejected_at DESC, target, enterprise, ser_no, kind, ref
+LIMIT $2
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +60,26 @@ class Rejection:
     message: str | None       # the platform's own words
 
 
+@dataclass(frozen=True, slots=True)
+class MeterRejection:
+    target: str
+    enterprise: str
+    ser_no: str
+    kind: str                 # gauge, verify or replace
+    ref: str                  # verify: the period 'from/until'; replace: 'code@time'
+    rejected_at: datetime
+    status: int               # HTTP status; 200 when refused by a responseCode, 0 before sending
+    reason: str               # one of uplink.errors.REJECT_REASONS
+    message: str
+
+
+async def meter_rejections(conn: asyncpg.Connection | asyncpg.Pool, *, target: str | None,
+                           limit: int) -> list[MeterRejection]:
+    """The latest ``limit`` refused instrument rows, of one target or all."""
+    rows = await conn.fetch(_LIST_METERS, target, limit)
+    return [MeterRejection(*r.values()) for r in rows]
+
+
 async def rejections(conn: asyncpg.Connection | asyncpg.Pool, *, target: str | None,
                      limit: int) -> list[Rejection]:
     """The latest ``limit`` rejected records, of one target or all."""
@@ -56,9 +90,16 @@ async def rejections(conn: asyncpg.Connection | asyncpg.Pool, *, target: str | N
 
 
 async def resend(conn: asyncpg.Connection | asyncpg.Pool, *, target: str, enterprise: str) -> int:
-    """Make the enterprise's rejected records at ``target`` pending again, due at once;
-    how many."""
+    """Make the enterprise's rejected records and instrument rows at ``target`` pending
+    again, due at once; how many."""
     status = await conn.execute(_RESEND, target, enterprise)
+    # An instrument row keeps its next_attempt_at, which it had passed when it was
+    # sent and refused: due at once, by any clock.
+    meters = await conn.execute(_RESEND_METERS, target, enterprise)
+    return _count(status) + _count(meters)
+
+
+def _count(status: object) -> int:
     try:
         return int(str(status).rsplit(" ", 1)[1])
     except (IndexError, ValueError):

@@ -9,6 +9,8 @@ A target's step:
 2. **send** (:mod:`uplink.delivery`): one round of due records through the target's
    adapter, unless the platform's failures paused the target; what was learned goes
    back to the outbox;
+   the same round carries the measuring instruments whose records changed (planned
+   just before from the instrument tables, :mod:`uplink.meter_outbox`);
 3. **housekeeping**: the backlog gauges every few seconds, old acknowledged rows
    pruned every hour.
 
@@ -30,7 +32,7 @@ import asyncio
 import contextlib
 import random
 import time as _time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -40,11 +42,13 @@ from prometheus_client import CollectorRegistry
 
 from config.settings import TargetSettings, UplinkSettings, secret_value
 from runtime.dberrors import DatabaseHealth
-from runtime.runner import RunnerEvents, StageRunner
+from runtime.runner import RunnerEvents, Stage, StageRunner
 from uplink.adapters import FLAVOURS, Adapter, make_adapter
+from uplink.adapters.meters import FLAVOUR_METER_KINDS, MeterKind, MeterSender
 from uplink.delivery import Delivery
 from uplink.enterprises import EnterpriseDirectory
 from uplink.http import client_ssl_context
+from uplink.meter_outbox import MeterOutbox
 from uplink.metrics import UplinkMetrics
 from uplink.outbox import Outbox
 from uplink.planner import Planner
@@ -82,6 +86,11 @@ class TargetStage:
                              upload_time=_parse_time(settings.upload_time),
                              resend_quiet=timedelta(seconds=settings.resend_quiet_s),
                              resend_max_wait=timedelta(seconds=settings.resend_max_wait_s))
+        kinds: frozenset[MeterKind] = frozenset()
+        if settings.meters:
+            kinds = (adapter.meter_kinds if isinstance(adapter, MeterSender) else frozenset()) if adapter is not None \
+                else FLAVOUR_METER_KINDS.get(settings.flavour, frozenset())
+        self.meter_outbox = MeterOutbox(pool, target, kinds=kinds, zone=zone.key)
         self._planner = Planner(self.outbox, zone=zone, realtime_delay=delay,
                                 backfill=timedelta(days=settings.backfill_days), settle_s=settle_s,
                                 metrics=metrics, clock=clock)
@@ -117,7 +126,8 @@ class TargetStage:
                     headers={"User-Agent": "nhjc-uplink/1"}))
                 adapter = make_adapter(s, session, tz=self._zone)
             self.delivery = Delivery(s, adapter=adapter, outbox=self.outbox, directory=self._directory,
-                                     zone=self._zone, metrics=self._metrics, clock=self._clock, rng=self._rng)
+                                     zone=self._zone, metrics=self._metrics, clock=self._clock, rng=self._rng,
+                                     meter_outbox=self.meter_outbox)
             self._metrics.started(self.target, s.url, s.flavour)
             try:
                 yield
@@ -129,9 +139,16 @@ class TargetStage:
         if self.delivery is None:
             raise RuntimeError(f"{self.name}: step() outside open()")
         await self._planner.plan()
+        self._metrics.meter_queued(self.target, await self.meter_outbox.plan(self._clock()))
         busy = await self.delivery.round(self._stop)
         await self._housekeeping()
         return busy
+
+    def disowned(self) -> None:
+        """Another instance owns this target now (runtime.ownership): drop our gauges,
+        and refresh them at once should the target come back to us."""
+        self._metrics.disowned(self.target)
+        self._next_backlog = 0.0
 
     async def _housekeeping(self) -> None:
         mono = _time.monotonic()
@@ -148,6 +165,8 @@ class TargetStage:
         b = await self.outbox.backlog(now)
         oldest = max(0.0, (now - b.oldest).total_seconds()) if b.oldest else 0.0
         self._metrics.backlog(self.target, due=b.due, waiting=b.waiting, oldest_s=oldest, rejected=b.rejected)
+        meter_due, meter_rejected = await self.meter_outbox.backlog(now)
+        self._metrics.meter_backlog(self.target, due=meter_due, rejected=meter_rejected)
         return b.due
 
 
@@ -158,8 +177,12 @@ class Uplink:
     def __init__(self, pool: asyncpg.Pool, settings: UplinkSettings, *, zone: ZoneInfo,
                  registry: CollectorRegistry, health: DatabaseHealth, events: RunnerEvents,
                  clock: Clock = utc_now, rng: random.Random | None = None,
-                 adapters: Mapping[str, Adapter] | None = None) -> None:
+                 adapters: Mapping[str, Adapter] | None = None,
+                 owned: Callable[[Stage], Stage] | None = None) -> None:
         adapters = adapters or {}
+        # owned: each target's sender is singular among instances (runtime.ownership);
+        # without it (one instance, tests) every target steps here.
+        own: Callable[[Stage], Stage] = owned or (lambda stage: stage)
         if unknown := set(adapters) - set(settings.targets):
             raise ValueError(f"adapters for unknown uplink targets: {', '.join(sorted(unknown))}")
         self.metrics = UplinkMetrics(registry)
@@ -170,7 +193,7 @@ class Uplink:
             for name, t in settings.targets.items() if t.enabled
         }
         self.runners: dict[str, StageRunner] = {
-            name: StageRunner(stage, interval_s=settings.interval_ms / 1000, pause_min_s=settings.pause_min_s,
+            name: StageRunner(own(stage), interval_s=settings.interval_ms / 1000, pause_min_s=settings.pause_min_s,
                               pause_max_s=settings.pause_max_s, health=health, events=events, rng=rng)
             for name, stage in self.stages.items()
         }

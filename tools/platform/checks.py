@@ -16,7 +16,8 @@ from typing import Any
 from ingest.credit_code import is_valid
 
 __all__ = [
-    "check_config_item", "check_enterprise", "check_profile", "check_record", "parse_platform_time", "record_key",
+    "GAUGE_FIELDS", "check_config_item", "check_enterprise", "check_gauge", "check_profile", "check_record",
+    "check_replacement", "check_verification", "parse_platform_time", "record_key",
 ]
 
 _DATA_CODE = re.compile(r"^(\d{2})-(\d{2})-(\d{4})-(\d{6})-(\d{2})$")
@@ -179,3 +180,97 @@ def check_config_item(item: Any, *, parts: bool = False) -> str | None:
 def record_key(enterprise: str, rec: dict[str, Any]) -> tuple[str, str, int, str]:
     """What the platform deduplicates on."""
     return (enterprise, rec["dataCode"], rec["statType"], rec["statDate"])
+
+
+# -- measuring instruments ------------------------------------------------------------
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ALIGN_STATES = ("检定", "校准", "未检定")
+GAUGE_FIELDS = ("serNo", "meterName", "meterType", "meterLevel", "dataCode", "reportRatio", "precisionLevel",
+                "manufacturer", "model", "installPlace", "alignState", "alignCycle", "lastAlignDate",
+                "nextAlignDate", "alignOrg")
+
+
+def _check_date(name: str, v: Any, *, required: bool = False) -> str | None:
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or not _DATE.match(v):
+        return f"{name} {v!r} is not yyyy-MM-dd"
+    try:
+        datetime.strptime(v, "%Y-%m-%d")
+    except ValueError:
+        return f"{name} {v!r} is not a date"
+    return None
+
+
+def _check_ser_no(obj: dict[str, Any]) -> str | None:
+    if not isinstance(obj.get("serNo"), str) or not obj["serNo"]:
+        return f"serNo {obj.get('serNo')!r} is empty"
+    return None
+
+
+def check_gauge(obj: Any) -> str | None:
+    """One instrument object (gaugeConfigure's data, centerMeteringDataUrl's entries):
+    exactly the platforms' field names, each shaped."""
+    if not isinstance(obj, dict):
+        return "the instrument is not a JSON object"
+    if unknown := sorted(set(obj) - set(GAUGE_FIELDS)):
+        return f"unknown instrument fields {', '.join(unknown)}"
+    if missing := [f for f in ("serNo", "meterName", "meterLevel", "alignState") if f not in obj]:
+        return f"missing {', '.join(missing)}"
+    if (problem := _check_ser_no(obj)) is not None:
+        return problem
+    if not isinstance(obj["meterName"], str) or not obj["meterName"]:
+        return "meterName is empty"
+    if not _is_int(obj["meterLevel"]) or not 1 <= obj["meterLevel"] <= 3:
+        return f"meterLevel {obj['meterLevel']!r} is not 1..3"
+    for code in filter(None, str(obj.get("dataCode") or "").split(",")):
+        if not _DATA_CODE.match(code):
+            return f"dataCode {code!r} is not pp-uu-eeee-cceeee-dd"
+    ratio = obj.get("reportRatio", 1)
+    if not _is_number(ratio) or ratio <= 0:
+        return f"reportRatio {ratio!r} is not a number above 0"
+    if obj["alignState"] not in _ALIGN_STATES:
+        return f"alignState {obj['alignState']!r} is not one of {', '.join(_ALIGN_STATES)}"
+    cycle = obj.get("alignCycle")
+    if cycle is not None and (not _is_int(cycle) or cycle <= 0):
+        return f"alignCycle {cycle!r} is not a number of months"
+    for name in ("lastAlignDate", "nextAlignDate"):
+        if (problem := _check_date(name, obj.get(name))) is not None:
+            return problem
+    for name in ("meterType", "precisionLevel", "manufacturer", "model", "installPlace", "alignOrg"):
+        if name in obj and not isinstance(obj[name], str):
+            return f"{name} {obj[name]!r} is not text"
+    return None
+
+
+def check_verification(obj: Any) -> str | None:
+    """gaugeVerifyConfigure's data: one verification period of an instrument."""
+    if not isinstance(obj, dict):
+        return "the verification is not a JSON object"
+    if (problem := _check_ser_no(obj)) is not None:
+        return problem
+    if obj.get("alignState") not in _ALIGN_STATES[:2]:
+        return f"alignState {obj.get('alignState')!r} is not 检定 or 校准"
+    for name in ("lastAlignDate", "nextAlignDate"):
+        if (problem := _check_date(name, obj.get(name), required=True)) is not None:
+            return problem
+    if obj["nextAlignDate"] < obj["lastAlignDate"]:
+        return f"nextAlignDate {obj['nextAlignDate']} is before lastAlignDate {obj['lastAlignDate']}"
+    return None
+
+
+def check_replacement(obj: Any) -> str | None:
+    """gaugeReplaceConfigure's data: one recorded replacement on one item."""
+    if not isinstance(obj, dict):
+        return "the replacement is not a JSON object"
+    if (problem := _check_ser_no(obj)) is not None:
+        return problem
+    if not isinstance(obj.get("dataCode"), str) or not _DATA_CODE.match(obj["dataCode"]):
+        return f"dataCode {obj.get('dataCode')!r} is not pp-uu-eeee-cceeee-dd"
+    if parse_platform_time(obj.get("replaceTime")) is None:
+        return f"replaceTime {obj.get('replaceTime')!r} is not yyyy-MM-dd HH:mm:ss"
+    for name in ("oldFinalValue", "newInitialValue"):
+        if not _is_number(obj.get(name)):
+            return f"{name} {obj.get(name)!r} is not a finite number"
+    return None

@@ -10,7 +10,11 @@ reference interface deploy it.
 ``POST /dicVersion``           ``{deviceId}`` -> regVersion, dicVersion (set through
                                the control API)
 ``POST /data``                 a batch of records (centerDataURL)
-``POST /metering``             measuring instruments (accepted, counted)
+``POST /metering``             measuring instruments (centerMeteringDataUrl): ``{enterpriseCode,
+                               deviceId, data: [instrument]}``, each checked and held by
+                               serNo; answers a ``dataIndex`` (one instrument per call)
+                               or a list ``dataIndexes``; the register reply leaves the
+                               URL out when the control API says ``metering_url: false``
 ``POST /download/config``      download URLs: an empty list
 ``POST /download/base``
 =============================  ====================================================
@@ -22,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tools.platform.checks import check_config_item, check_profile
+from tools.platform.checks import check_config_item, check_gauge, check_profile
 from tools.platform.state import Handler, Platform, bad, dictionary_reply, enterprise_of, reply
 
 __all__ = ["Gbt37947", "check_region"]
@@ -53,9 +57,10 @@ class Gbt37947:
         if (problem := check_region(body)) is not None:
             return bad(problem)
         base = f"{request.scheme}://{request.host}"
+        metering = {"centerMeteringDataUrl": f"{base}/metering"} if self.p.mode.metering_url else {}
         return self.p.ok(deviceId=self.p.device_of(enterprise), uploadTime=self.p.mode.upload_time,
                          centerInfoURL=f"{base}/config", centerDataURL=f"{base}/data",
-                         loadDicVersionURL=f"{base}/dicVersion", centerMeteringDataUrl=f"{base}/metering",
+                         loadDicVersionURL=f"{base}/dicVersion", **metering,
                          centerInfoDownloadURL=f"{base}/download/config",
                          downloadBaseDataURL=f"{base}/download/base")
 
@@ -95,7 +100,24 @@ class Gbt37947:
     async def metering(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         if (refused := self.p.device_problem(body)) is not None:
             return refused
-        return self.p.ok()
+        data = body.get("data")
+        if not isinstance(data, list) or not data:
+            return bad("data is not a non-empty list of instruments")
+        for i, obj in enumerate(data):
+            if (problem := check_gauge(obj)) is not None:
+                return bad(f"data[{i}]: {problem}")
+            if obj["serNo"] in self.p.mode.reject_meters:
+                return bad(f"data[{i}]: serNo {obj['serNo']} refused by the platform (injected)")
+        st, enterprise = self.p.state, body["enterpriseCode"]
+        held = st.gauges.setdefault(enterprise, {})
+        indexes = []
+        for obj in data:
+            # One index per instrument, kept across resends of the same serial number.
+            index = next((i for i, g in held.items() if g["serNo"] == obj["serNo"]), None) or st.new_index()
+            held[index] = obj
+            indexes.append(index)
+            st.meter_call("metering", enterprise, body, obj)
+        return self.p.ok(dataIndex=indexes[0]) if len(indexes) == 1 else self.p.ok(dataIndexes=indexes)
 
     async def download(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         return self.p.ok(data=[])

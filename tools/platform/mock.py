@@ -6,9 +6,12 @@ A real HTTP(S) server (aiohttp).  The protocol calls are the flavour's
 :mod:`tools.platform.yunnan`); every flavour has the same control calls:
 
 =========================  =====================================================
-``GET  /_stats``           what it received: counts, resends, rejections, mode
+``GET  /_stats``           what it received: counts, resends, rejections, mode,
+                           overlaps (a record carried by two requests in flight at once)
 ``GET  /_records``         every distinct record received, with its resend count
 ``GET  /_configs``         the last item configuration per enterprise (gbt37947)
+``GET  /_meters``          the measuring instruments: every call taken, and the
+                           instruments held per enterprise by dataIndex
 ``GET|POST /_control``     read or change the behaviour (see :class:`Mode`); POST
                            also takes the actions ``expire_tokens`` (yunnan: every
                            token refused from now on) and ``rotate_keys`` (shandong:
@@ -35,6 +38,7 @@ import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +52,7 @@ from tools.platform.state import (
     FAILURE_CODE,
     Handler,
     Mode,
+    Sending,
     State,
     Stored,
     bad,
@@ -66,6 +71,8 @@ DEFAULT_SECRET = "nhjc-demo-secret-0123456789"  # yunnan: a demo secret, never f
 DEFAULT_PIN = "123456"
 FLAVOURS = ("gbt37947", "shandong", "yunnan")
 _MAX_BATCH = 10_000
+# The request being answered (each runs in its own task), for the overlap count.
+_SENDING: ContextVar[Sending | None] = ContextVar("sending", default=None)
 
 class Speaker(Protocol):
     """One flavour's protocol calls."""
@@ -133,6 +140,7 @@ class MockPlatform:
         app.router.add_get("/_stats", self._stats)
         app.router.add_get("/_records", self._records)
         app.router.add_get("/_configs", self._configs)
+        app.router.add_get("/_meters", self._meters)
         app.router.add_get("/_control", self._get_control)
         app.router.add_post("/_control", self._post_control)
         app.router.add_post("/_reset", self._reset)
@@ -198,8 +206,13 @@ class MockPlatform:
 
     def accept(self, enterprise: str, records: list[dict[str, Any]]) -> web.Response:
         st = self.state
+        sending = _SENDING.get()
         for rec in records:
             key = record_key(enterprise, rec)
+            if sending is not None:
+                earlier = st.sendings.setdefault(key, [])
+                st.overlaps += sum(1 for other in earlier if other is not sending and sending.overlaps(other))
+                earlier.append(sending)
             stored = st.records.get(key)
             if stored is None:
                 st.records[key] = Stored(dict(rec, enterpriseCode=enterprise))
@@ -219,6 +232,14 @@ class MockPlatform:
 
     def _protocol(self, call: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def wrapped(request: web.Request) -> web.StreamResponse:
+            sending = Sending()
+            _SENDING.set(sending)
+            try:
+                return await answer(request)
+            finally:
+                sending.end = time.monotonic()
+
+        async def answer(request: web.Request) -> web.StreamResponse:
             st, mode = self.state, self.mode
             st.requests[call] = st.requests.get(call, 0) + 1
             if mode.only and call not in mode.only:
@@ -264,6 +285,10 @@ class MockPlatform:
 
     async def _configs(self, request: web.Request) -> web.Response:
         return web.json_response(self.state.configs, dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+    async def _meters(self, request: web.Request) -> web.Response:
+        return web.json_response({"calls": self.state.meter_calls, "gauges": self.state.gauges},
+                                 dumps=lambda o: json.dumps(o, ensure_ascii=False))
 
     async def _get_control(self, request: web.Request) -> web.Response:
         return web.json_response(asdict(self.mode))
@@ -334,9 +359,14 @@ def configure_mock_platform(parser: argparse.ArgumentParser) -> None:
                         help="reject records with this dataCode with HTTP 400 (repeatable)")
     parser.add_argument("--refuse-code", action="append", default=[], metavar="DATACODE",
                         help="refuse records with this dataCode with HTTP 200, responseCode 1 (repeatable)")
+    parser.add_argument("--reject-meter", action="append", default=[], metavar="SERNO",
+                        help="reject instrument calls for this serNo with HTTP 400 (repeatable)")
+    parser.add_argument("--no-metering-url", action="store_true",
+                        help="gbt37947: leave centerMeteringDataUrl out of the register reply")
     parser.add_argument("--fail-after", type=int, metavar="N", help="go down after N more data requests")
     parser.add_argument("--only", action="append", default=[], metavar="CALL",
-                        help="limit injected failures to this call: register, config, dictionary, data")
+                        help="limit injected failures to this call: register, config, dictionary, data,"
+                             " gauge, gauge_verify, gauge_replace, metering")
 
 
 def _server_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -354,6 +384,7 @@ async def _serve(args: argparse.Namespace, pins: dict[str, str]) -> None:
     mode = Mode(down=args.down, slow_s=args.slow, fail_status=args.fail_status, fail_code=args.fail_code,
                 busy=args.busy, reject=args.reject, reject_codes=list(args.reject_code),
                 refuse_codes=list(args.refuse_code), fail_after=args.fail_after, only=list(args.only),
+                reject_meters=list(args.reject_meter), metering_url=not args.no_metering_url,
                 upload_time=args.upload_time, token_ttl_s=args.token_ttl)
     platform = MockPlatform(name=args.name, flavour=args.flavour, host=args.host, port=args.port,
                             ssl_context=_server_ssl(args), mode=mode, secret=args.secret, pins=pins,

@@ -5,6 +5,7 @@ the records received), and the replies every flavour shares."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ __all__ = [
     "Handler",
     "Mode",
     "Platform",
+    "Sending",
     "State",
     "Stored",
     "bad",
@@ -59,6 +61,8 @@ class Mode:
     reg_version: str = "1"              # gbt37947/shandong: the dictionary version call's answer
     dic_version: str = "1"
     token_ttl_s: int = 7200             # yunnan: akExpiresIn of the tokens handed out from now on
+    reject_meters: list[str] = field(default_factory=list)  # HTTP 400 naming an instrument call with these serNos
+    metering_url: bool = True           # gbt37947: the register reply gives centerMeteringDataUrl
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -88,9 +92,24 @@ class Stored:
     changed: int = 0  # resends carrying a different value
 
 
+@dataclass(eq=False)
+class Sending:
+    """One data request while it is answered: from its arrival to its reply."""
+
+    start: float = field(default_factory=time.monotonic)
+    end: float | None = None
+
+    def overlaps(self, other: Sending) -> bool:
+        return other.end is None or other.end > self.start
+
+
 class State:
     def __init__(self) -> None:
         self.records: dict[tuple[str, str, int, str], Stored] = {}
+        # Every request that carried a record, per record: a record carried by two
+        # requests in flight at once (two senders at work on one period) is an overlap.
+        self.sendings: dict[tuple[str, str, int, str], list[Sending]] = {}
+        self.overlaps = 0
         self.requests: dict[str, int] = {}
         self.failed: dict[str, int] = {}
         self.rejected_requests = 0
@@ -105,6 +124,20 @@ class State:
         self.keys_issued = 0
         self.tokens: dict[str, tuple[str, float]] = {}  # yunnan: token -> (enterprise, expiry, monotonic)
         self.tokens_issued = 0
+        # Measuring instruments: every call taken (call, enterpriseCode, operation,
+        # dataIndex, data), and the instruments held, per enterprise by dataIndex.
+        self.meter_calls: list[dict[str, Any]] = []
+        self.gauges: dict[str, dict[str, dict[str, Any]]] = {}
+        self.next_index = 1
+
+    def new_index(self) -> str:
+        index = f"G{self.next_index:06d}"
+        self.next_index += 1
+        return index
+
+    def meter_call(self, call: str, enterprise: str, body: dict[str, Any], data: Any) -> None:
+        self.meter_calls.append({"call": call, "enterpriseCode": enterprise, "operation": body.get("operation"),
+                                 "dataIndex": body.get("dataIndex"), "data": data})
 
     def count_failure(self, kind: str) -> None:
         self.failed[kind] = self.failed.get(kind, 0) + 1
@@ -120,6 +153,7 @@ class State:
             "received": self.received,
             "records": unique,
             "resends": self.received - unique,
+            "overlaps": self.overlaps,
             "changed": sum(s.changed for s in self.records.values()),
             "rejected_requests": self.rejected_requests,
             "rejected_records": self.rejected_records,
@@ -128,6 +162,8 @@ class State:
             "dictionary_checks": self.dictionary_checks,
             "keys_issued": self.keys_issued,
             "tokens_issued": self.tokens_issued,
+            "meter_calls": len(self.meter_calls),
+            "gauges": sum(len(g) for g in self.gauges.values()),
         }
 
 

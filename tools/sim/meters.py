@@ -11,7 +11,7 @@ or a reset.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,8 @@ class Readout:
     rollovers: list[tuple[int, int]]        # (tick, item) where a register wrapped
     resets: list[tuple[int, int]]           # applied resets
     spikes: list[tuple[int, int]]           # applied spikes
+    # applied meter replacements: (tick, item, the old register's final value)
+    replacements: list[tuple[int, int, float]] = field(default_factory=list)
 
 
 class Meters:
@@ -40,11 +42,26 @@ class Meters:
 
     def read(self, total: np.ndarray, flow: np.ndarray, *,
              resets: Sequence[tuple[int, int, float]] = (),
-             spikes: Sequence[tuple[int, int, float]] = ()) -> Readout:
+             spikes: Sequence[tuple[int, int, float]] = (),
+             replacements: Sequence[tuple[int, int, float, float]] = ()) -> Readout:
         """Advance by a block of ticks.  ``resets``: (tick, item, value the new register
-        starts at); ``spikes``: (tick, item, size in multiples of the item's max)."""
+        starts at); ``spikes``: (tick, item, size in multiples of the item's max);
+        ``replacements``: (tick, item, share of the interval before the tick that has
+        passed at the replacement, the new register's initial value): a recorded meter
+        replacement, whose old final value is returned."""
         kind = self.plant.kind
         path = self.register + np.cumsum(total / self.multiplier, axis=0)
+        done_replacements = []
+        for k, i, frac, start in replacements:
+            if kind[i] != KIND_CUMULATIVE:
+                continue
+            prev = path[k - 1, i] if k else self.register[i]
+            # The old register at the replacement, as its display showed it (floored):
+            # the new register takes on from there, so no consumption is made or lost.
+            at = prev + frac * (path[k, i] - prev)
+            final = np.floor(at * self.scale[i] + 1e-6) / self.scale[i]
+            path[k:, i] += start - final
+            done_replacements.append((k, i, float(np.fmod(final, self.rollover[i]))))
         values = np.where(kind == KIND_INSTANT, flow, total)
         done_resets, done_spikes = [], []
         for k, i, start in resets:
@@ -83,4 +100,4 @@ class Meters:
         rounded = np.round(values * self.scale) / self.scale
         values = np.where(cum, floored, rounded)
         values[:, kind == KIND_INTERVAL] = np.maximum(values[:, kind == KIND_INTERVAL], 0.0)
-        return Readout(values, rollovers, done_resets, done_spikes)
+        return Readout(values, rollovers, done_resets, done_spikes, done_replacements)

@@ -24,6 +24,7 @@ from tools.sim.counters import Counters
 from tools.sim.enterprises import Enterprise, items_records, pilot_enterprises
 from tools.sim.faults import FaultSpec
 from tools.sim.frames import CST, DEFAULT_LIMITS, Limits
+from tools.sim.instruments import AppliedReplacement, PlannedReplacement
 from tools.sim.publisher import MqttPublisher, NullPublisher, Publisher
 from tools.sim.scenario import FaultEvent, Message, Scenario
 
@@ -89,6 +90,7 @@ class Simulator:
         client_id: str = "nhjc-sim",
         dry_run: bool = False,
         clock: Callable[[], float] = time.time,
+        replacement: PlannedReplacement | None = None,
     ) -> None:
         if not speed > 0:
             raise ValueError("speed must be positive (math.inf: as fast as possible)")
@@ -118,6 +120,7 @@ class Simulator:
                           cert_file=cert_file, key_file=key_file, connections=connections,
                           client_id=client_id)
         self.dry_run = dry_run
+        self.replacement = replacement
         self._clock = clock
         self._lock = threading.Lock()
         self._counters = Counters(
@@ -148,12 +151,17 @@ class Simulator:
         """Gaps, resets, spikes and rollovers generated so far (the first 100,000)."""
         return list(self.scenario.events) if self.scenario is not None else []
 
+    @property
+    def replacements(self) -> list[AppliedReplacement]:
+        """The planned meter replacement, once simulated (with the old register's final value)."""
+        return list(self.scenario.replacements) if self.scenario is not None else []
+
     def scenario_for(self, now: float) -> Scenario:
         """The scenario this simulator would run if started at wall time ``now``."""
         return Scenario(self.enterprises, seed=self.seed, start=math.ceil(self._start(now)),
                         interval_s=self.interval, duration_s=self.duration,
                         backfill_s=self.backfill, faults=self.faults, limits=self.limits,
-                        live_block=1 if math.isfinite(self.speed) else 60)
+                        live_block=1 if math.isfinite(self.speed) else 60, replacement=self.replacement)
 
     def _start(self, now: float) -> float:
         if self.start is not None:

@@ -31,6 +31,7 @@ from tools.sim.faults import (
     finish,
 )
 from tools.sim.frames import DEFAULT_LIMITS, Limits, pack, readings, rfc3339
+from tools.sim.instruments import AppliedReplacement, PlannedReplacement
 from tools.sim.meters import Meters
 from tools.sim.plant import KIND_CUMULATIVE, Plant
 
@@ -59,7 +60,8 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class FaultEvent:
-    """Something the scenario did to the data: kind is gap, reset, spike or rollover."""
+    """Something the scenario did to the data: kind is gap, reset, spike, rollover or
+    replacement (a recorded meter replacement, :attr:`Scenario.replacements`)."""
 
     kind: str
     enterprise: str
@@ -99,6 +101,7 @@ class Scenario:
         faults: FaultSpec = NO_FAULTS,
         limits: Limits = DEFAULT_LIMITS,
         live_block: int = 1,
+        replacement: PlannedReplacement | None = None,
     ) -> None:
         if interval_s < 1:
             raise ValueError("interval must be at least 1 s")
@@ -137,6 +140,9 @@ class Scenario:
         self._held_n = 0
         self._malformed_next = 0
         self.events: list[FaultEvent] = []
+        # The planned meter replacement (done once its time is simulated) and what it did.
+        self._replacement = replacement
+        self.replacements: list[AppliedReplacement] = []
         self.stats: dict[str, int] = dict.fromkeys(
             ("rollovers", "resets", "spikes", "gaps", "gap_readings", "duplicates", "late",
              "malformed", "foreign"), 0)
@@ -201,8 +207,14 @@ class Scenario:
         for first, until, a, b in self._gaps:
             mask[(times >= first) & (times < until), a:b] = False
         self._gaps = [g for g in self._gaps if g[1] > times[-1]]
+        replacements = self._replacements_in(times)
         total, flow = self.plant.consumption(times, self.interval)
-        readout = self.meters.read(total, flow, resets=resets, spikes=spikes)
+        readout = self.meters.read(total, flow, resets=resets, spikes=spikes, replacements=replacements)
+        for k, i, final in readout.replacements:
+            plan = self._replacement
+            assert plan is not None
+            self.replacements.append(AppliedReplacement(plan.enterprise, plan.code, plan.at, final, plan.new_initial))
+            self._event("replacement", int(self._owner[i]), self._item_code(i), int(times[k]))
         self.stats["gap_readings"] += int((~mask).sum())
         for kind, hits in (("rollover", readout.rollovers), ("reset", readout.resets),
                            ("spike", readout.spikes)):
@@ -233,6 +245,19 @@ class Scenario:
                     out.extend(replace(m, send_at=when) for m in msgs)
         out.sort(key=lambda m: m.send_at)
         return out
+
+    def _replacements_in(self, times: np.ndarray) -> list[tuple[int, int, float, float]]:
+        """The planned replacement, when it falls before one of these ticks (and after
+        the tick before it): (tick, item, share of the interval passed, new initial)."""
+        plan = self._replacement
+        if plan is None or self.replacements or not times[0] - self.interval < plan.at <= times[-1]:
+            return []
+        for gw in self.gateways:
+            if gw.enterprise.code == plan.enterprise and plan.code in gw.codes:
+                k = int(np.searchsorted(times, plan.at))
+                frac = 1.0 - (float(times[k]) - plan.at) / self.interval
+                return [(k, gw.cols.start + gw.codes.index(plan.code), frac, plan.new_initial)]
+        return []
 
     def _item_code(self, i: int) -> str:
         return self.plant.items[i].code

@@ -9,6 +9,13 @@ configuration), ``centerDataURL`` (data), ``loadDicVersionURL`` (dictionary vers
 The item configuration carries the enterprise's profile (``enterprise``) and, per item
 and per configured statType, the data code whole and in its parts; data goes in
 batches of records.
+
+Measuring instruments (:meth:`Gbt37947Adapter.send_meter`) go one per call to the
+register reply's ``centerMeteringDataUrl`` as ``{enterpriseCode, deviceId, data:
+[instrument]}``, the same instrument object Yunnan's ``gaugeConfigure`` carries (its
+exact shape is not public: our reading, docs/uplink.md).  No delete call is known: an
+instrument retired with no replacement sends nothing.  Without that URL in the reply
+the platform takes no instruments: the row is refused (``not_taken``) before sending.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import aiohttp
 from config.settings import TargetSettings
 from uplink.adapters import Enterprise, Registration
 from uplink.adapters.common import ValidStyle, registration_of, wire_record
-from uplink.errors import RetryableError
+from uplink.adapters.meters import FLAVOUR_METER_KINDS, MeterCall, MeterReply
+from uplink.errors import RejectedError, RetryableError
 from uplink.http import post_json
 from uplink.records import ItemConfig, Record, code_parts
 
@@ -60,6 +68,7 @@ def item_entries(items: Sequence[ItemConfig], settings: TargetSettings) -> list[
 
 class Gbt37947Adapter:
     records_per_call: int | None = None  # the target's batch size
+    meter_kinds = FLAVOUR_METER_KINDS["gbt37947"]
 
     def __init__(self, settings: TargetSettings, *, session: aiohttp.ClientSession, tz: ZoneInfo) -> None:
         self._settings = settings
@@ -97,6 +106,18 @@ class Gbt37947Adapter:
 
     async def dictionary_version(self, enterprise: Enterprise, registration: Registration) -> str | None:
         return await dictionary_version(self._session, registration)
+
+    async def send_meter(self, enterprise: Enterprise, registration: Registration,
+                         call: MeterCall) -> MeterReply:
+        if call.kind != "gauge" or call.retired:
+            return MeterReply(sent=False)  # no call known for these
+        if registration.metering_url is None:
+            raise RejectedError(0, "the register reply gave no centerMeteringDataUrl: this platform takes no"
+                                   " instruments", reason="not_taken")
+        reply = await post_json(self._session, registration.metering_url, {
+            "enterpriseCode": enterprise.code, "deviceId": registration.device_id, "data": [dict(call.payload)]})
+        index = reply.get("dataIndex")
+        return MeterReply(data_index=None if index in (None, "") else str(index))
 
 
 async def dictionary_version(session: aiohttp.ClientSession, registration: Registration) -> str | None:

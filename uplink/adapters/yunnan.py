@@ -11,6 +11,14 @@ The token is renewed inside :meth:`YunnanAdapter.write` before ``akExpiresIn`` r
 goes in batches to ``{platformURL or url}/{data_path}`` as ``{enterpriseCode, data:
 [records]}``; the data call's path and envelope are not published, hence the setting.
 Yunnan has no item configuration call that we know of.
+
+Measuring instruments (:meth:`YunnanAdapter.send_meter`) go with the same token to
+``{platformURL or url}/{gauge_path}`` (``gaugeConfigure``: ``{enterpriseCode,
+operation: add|update|delete, dataIndex, data: {instrument}}``), ``gauge_verify_path``
+(``gaugeVerifyConfigure``) and ``gauge_replace_path`` (``gaugeReplaceConfigure``),
+each ``{enterpriseCode, dataIndex, data: {...}}``.  The reply to ``add`` carries the
+instrument's ``dataIndex`` (in ``data.dataIndex`` or at the top); the layout of these
+calls is not published beyond the field names: it is our reading (docs/uplink.md).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import aiohttp
 from config.settings import TargetSettings
 from uplink.adapters import Enterprise, Registration
 from uplink.adapters.common import ValidStyle, upload_time, wire_record
+from uplink.adapters.meters import FLAVOUR_METER_KINDS, MeterCall, MeterReply, operation
 from uplink.errors import AuthError, RefreshError, RetryableError
 from uplink.http import post_json
 from uplink.records import ItemConfig, Record
@@ -52,14 +61,27 @@ def _valid_at(value: object, tz: ZoneInfo) -> datetime | None:
         return None
 
 
+def _data_index(reply: dict[str, Any]) -> str | None:
+    """The dataIndex of a gaugeConfigure add reply, in ``data`` or at the top."""
+    data = reply.get("data")
+    found = data.get("dataIndex") if isinstance(data, dict) else None
+    if found in (None, ""):
+        found = reply.get("dataIndex")
+    return None if found in (None, "") else str(found)
+
+
 class YunnanAdapter:
     records_per_call: int | None = None  # the target's batch size
+    meter_kinds = FLAVOUR_METER_KINDS["yunnan"]
 
     def __init__(self, settings: TargetSettings, *, session: aiohttp.ClientSession, tz: ZoneInfo,
                  clock: Callable[[], float]) -> None:
         self._session = session
         self._base = settings.url.rstrip("/")
         self._data_path = settings.data_path.strip("/")
+        self._meter_paths = {"gauge": settings.gauge_path.strip("/"),
+                             "verify": settings.gauge_verify_path.strip("/"),
+                             "replace": settings.gauge_replace_path.strip("/")}
         self._tz = tz
         self._clock = clock
         self._valid: ValidStyle = settings.valid_style or "boolean"
@@ -108,11 +130,34 @@ class YunnanAdapter:
                     records: Sequence[Record], uploaded_at: datetime) -> None:
         current = await self._fresh(enterprise, registration)
         assert current.data_url is not None
+        await self._post(enterprise, current, current.data_url, {
+            "enterpriseCode": enterprise.code,
+            "data": [wire_record(r, self._tz, uploaded_at, self._valid) for r in records],
+        })
+
+    async def send_meter(self, enterprise: Enterprise, registration: Registration,
+                         call: MeterCall) -> MeterReply:
+        op = operation(call.kind, retired=call.retired, data_index=call.data_index)
+        if call.kind == "gauge" and op is None:
+            return MeterReply(sent=False)  # retired before the platform ever had it
+        current = await self._fresh(enterprise, registration)
+        url = f"{(current.platform_url or self._base).rstrip('/')}/{self._meter_paths[call.kind]}"
+        body: dict[str, Any] = {"enterpriseCode": enterprise.code}
+        if op is not None:
+            body["operation"] = op
+        if call.data_index is not None and op != "add":
+            body["dataIndex"] = call.data_index
+        if call.kind == "replace" and call.old_data_index is not None:
+            body["oldDataIndex"] = call.old_data_index
+        body["data"] = dict(call.payload)
+        reply = await self._post(enterprise, current, url, body)
+        return MeterReply(data_index=_data_index(reply) if op == "add" else None, deleted=op == "delete")
+
+    async def _post(self, enterprise: Enterprise, current: Registration, url: str,
+                    body: dict[str, Any]) -> dict[str, Any]:
         try:
-            await post_json(self._session, current.data_url, {
-                "enterpriseCode": enterprise.code,
-                "data": [wire_record(r, self._tz, uploaded_at, self._valid) for r in records],
-            }, headers={"Authorization": f"Bearer {current.token}"}, success=SUCCESS)
+            return await post_json(self._session, url, body, headers={"Authorization": f"Bearer {current.token}"},
+                                   success=SUCCESS)
         except AuthError as exc:
             # The token was refused before its time: the runner registers anew (a new
             # token) and retries once.
