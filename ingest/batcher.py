@@ -1,5 +1,10 @@
 """Gathers decoded messages into batches for the store: up to ``batch_rows`` readings
-or ``batch_ms`` after the first message, whichever comes first.
+or ``batch_messages`` messages, ``batch_ms`` after the first message, or once no message
+came for ``batch_idle_ms``, whichever comes first.  The last two matter for a backlog of
+small frames: the broker sends only so many unacknowledged messages (1000 in the
+shipped settings), and nothing is acknowledged before its batch is committed, so a
+batch waiting out ``batch_ms`` for more would wait for messages that cannot come, and a
+batch of the whole window would leave nothing to receive while it commits.
 
 Every message ends as a batch part carrying its handle, whatever its content: an error
 while decoding or validating it becomes a ``decode_failed`` quarantine row, items the
@@ -74,6 +79,8 @@ class Batcher:
         self._limits = FrameLimits.of(settings)
         self._batch_rows = settings.batch_rows
         self._batch_s = settings.batch_ms / 1000
+        self._idle_s = settings.batch_idle_ms / 1000
+        self._batch_messages = settings.batch_messages
 
     async def next_batch(self, stop: asyncio.Event) -> ReadingBatch | None:
         """The next batch; None once ``stop`` is set and nothing is waiting."""
@@ -81,15 +88,17 @@ class Batcher:
         rows = 0
         deadline: float | None = None
         loop = asyncio.get_running_loop()
-        while rows < self._batch_rows:
+        while rows < self._batch_rows and len(parts) < self._batch_messages:
             if self._queue.empty():
                 if stop.is_set():
                     break
-                timeout = None if deadline is None else max(0.0, deadline - loop.time())
-                if timeout == 0.0:
+                timeout = None if deadline is None else min(self._idle_s, deadline - loop.time())
+                if timeout is not None and timeout <= 0.0:
                     break
                 msg = await self._get(stop, timeout)
                 if msg is None:
+                    if deadline is not None:  # idle, or batch_ms is over: commit what is in hand
+                        break
                     continue
             else:
                 msg = self._queue.get_nowait()

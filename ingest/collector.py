@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import select
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -47,6 +48,8 @@ from runtime.backoff import Backoff
 __all__ = ["Collector", "Handle", "Message"]
 
 log = logging.getLogger("nhjc.collector")
+
+_BURST = 200  # packets read in one go while the socket has more (the event loop's fairness)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +199,21 @@ class Collector:
         pending = getattr(self._sock, "pending", None)
         return pending() if pending is not None else 0
 
+    def _readable(self) -> bool:
+        # More bytes in the kernel's buffer: the next packet (or part of it) has come.
+        try:
+            return bool(select.select([self._sock], [], [], 0)[0])
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+
     def _read(self) -> None:
-        # Called only while the window has room; each loop_read parses one packet.
+        # Called only while the window has room; each loop_read parses one packet.  While
+        # more has come, up to _BURST packets are read in one go: the batcher then finds
+        # many messages waiting at once, instead of waking for each one.
         self._client.loop_read()
-        while self._want_read() and self._pending():
+        for _ in range(_BURST - 1):
+            if not (self._want_read() and (self._pending() or self._readable())):
+                break
             self._client.loop_read()
         self._sync_reader()
 

@@ -94,9 +94,15 @@ class Aggregator:
         self.metrics = ProcessingMetrics(registry)
 
     async def step(self) -> bool:
-        """One run; True while pending work remains to be claimed now."""
+        """One run; True when it claimed a full chunk, so more is likely waiting now.
+
+        A run that claimed less took all there was: the next one waits the stage's
+        interval, and the work that comes meanwhile gathers.  Run at once, the aggregator
+        would keep pace with ingest one reading per item per run, its most expensive
+        case per reading, and take the database from ingest; a moment later, one run
+        takes several readings of each item for about the price of one."""
         try:
-            return await self.run_once() > 0
+            return (await self._run_once()).claimed >= self._chunk
         except Exception as exc:
             # The runner logs it and pauses; the aggregator's own count stays, as the
             # dashboards and alerts read it.
@@ -105,6 +111,9 @@ class Aggregator:
 
     async def run_once(self) -> int:
         """One chunk of pending rows, in one transaction; the number processed."""
+        return (await self._run_once()).pending
+
+    async def _run_once(self) -> RunTally:
         started = time.perf_counter()
         run = RunTally()
         async with self._pool.acquire() as conn:
@@ -112,11 +121,11 @@ class Aggregator:
                 await self._run(conn, run)
             self.metrics.backlog_seen(await conn.fetchval(sql.BACKLOG))
         if run.pending == 0:
-            return 0
+            return run
         self.metrics.run_finished(
             seconds=time.perf_counter() - started, pending=run.pending, readings=run.readings,
             flagged=run.flagged, computed=run.computed, changed=run.changed, events=run.events)
-        return run.pending
+        return run
 
     # -- one run -----------------------------------------------------------------------
 
@@ -124,6 +133,7 @@ class Aggregator:
         claims = await conn.fetch(sql.CLAIM, self._chunk)
         if not claims:
             return
+        run.claimed = len(claims)
         await conn.execute(sql.PLANNER)
         pairs = sorted({(c["enterprise"], c["code"]) for c in claims})
         claims += await conn.fetch(sql.CLAIM_MORE, [p[0] for p in pairs], [p[1] for p in pairs],
@@ -333,8 +343,11 @@ class Aggregator:
         ents, codes = item_keys(items, t_item)
         k = np.arange(len(key), dtype=np.int32).tolist()
         inst = (items.kind[t_item] == INSTANT).tolist()
+        # (A failure rolls the transaction back, and the setting with it.)
+        await conn.execute(sql.EXCLUSION_OFF)
         sums = await conn.fetch(sql.CHILDREN, k, ents, codes, t_lo.tolist(), t_hi.tolist(), inst,
-                                tier - 1, self._zone.key)
+                                tier - 1, self._zone.key, int(t_lo.min()), int(t_hi.max()))
+        await conn.execute(sql.EXCLUSION_ON)
         sk = np.fromiter((r[0] for r in sums), np.int64, len(sums))
         summed = PeriodRows(
             tier - 1, t_item[sk], t_lo[sk], t_hi[sk],

@@ -30,6 +30,7 @@ class RunTally:
     """What one run did, for the metrics."""
 
     pending: int = 0
+    claimed: int = 0  # of them by the chunk's claim (the rest: the same items' other rows)
     readings: int = 0
     flagged: Tally[str] = field(default_factory=Tally)
     computed: Tally[int] = field(default_factory=Tally)

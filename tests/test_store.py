@@ -46,6 +46,38 @@ async def test_batches_upsert_and_queue_recompute_only_for_changes(db) -> None:
         await pool.close()
 
 
+async def test_new_keys_copied_straight_in_are_stored_exactly_and_queued(db) -> None:
+    # A batch of new keys goes by COPY straight into readings (timestamps in PostgreSQL's
+    # own binary form), a batch with a stored key by the staged upsert: both store the
+    # same microseconds, and queue each item's first and last time.
+    pool = await asyncpg.create_pool(db)
+    try:
+        store = Store(pool)
+        r = rows((B, T + 1, 7.0), (A, T + 123_457, 1.0), (A, T + 3_600_000_001, 2.0))
+        r["received_at"] = T + 999_999
+        r["quality"] = [0, 4, 0]
+        assert await store.write(ReadingBatch(r)) == 3
+        us = "(extract(epoch FROM {}) * 1000000)::int8"
+        got = await pool.fetch(f"SELECT code, {us.format('ts')} AS ts, value, quality, "
+                               f"{us.format('received_at')} AS rec FROM readings ORDER BY code, ts")
+        assert [tuple(g) for g in got] == [
+            (A.decode(), T + 123_457, 1.0, 4, T + 999_999), (A.decode(), T + 3_600_000_001, 2.0, 0, T + 999_999),
+            (B.decode(), T + 1, 7.0, 0, T + 999_999)]
+        pending = await pool.fetch(f"SELECT code, {us.format('from_ts')} AS f, {us.format('to_ts')} AS t "
+                                   "FROM pending_recompute ORDER BY code")
+        assert [tuple(p) for p in pending] == [(A.decode(), T + 123_457, T + 3_600_000_001),
+                                               (B.decode(), T + 1, T + 1)]
+        # One stored key (unchanged) among new ones: nothing lost, the new ones written.
+        assert await store.write(ReadingBatch(rows((A, T + 123_457, 1.0), (B, T + 60, 8.0)))) == 1
+        # ... and after a batch that wrote every reading, new keys are copied again.
+        assert await store.write(ReadingBatch(rows((B, T + 120, 9.0)))) == 1
+        assert await store.write(ReadingBatch(rows((B, T + 180, 9.5)))) == 1
+        assert await pool.fetchval("SELECT count(*) FROM readings") == 6
+        assert await pool.fetchval("SELECT count(*) FROM pending_recompute") == 5
+    finally:
+        await pool.close()
+
+
 async def test_a_redelivered_bad_input_is_quarantined_once(db) -> None:
     # A message comes again when its acknowledgement was lost (a crash after the commit):
     # its readings change nothing, and its quarantine rows are not stored a second time.

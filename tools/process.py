@@ -30,11 +30,13 @@ class ServiceProcess:
     """`python -m nhjc run` with settings from the environment.
 
     ``quick``: short ingest batches (:data:`QUICK`); a benchmark of the shipped settings
-    turns it off.  ``log_level``: else ``NHJC_TEST_LOG_LEVEL``, else INFO."""
+    turns it off.  ``log_level``: else ``NHJC_TEST_LOG_LEVEL``, else INFO.  ``root``: the
+    checkout whose nhjc runs (this one unless given: a benchmark compares two)."""
 
     def __init__(self, broker_url: str, dsn: str, *, client_id: str | None = None,
                  env: dict[str, str] | None = None, log: Path | None = None, quick: bool = True,
-                 log_level: str | None = None) -> None:
+                 log_level: str | None = None, root: Path = PROJECT_ROOT) -> None:
+        self.root = root
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -53,7 +55,7 @@ class ServiceProcess:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps it
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "nhjc", "--log-level", self.log_level, "run"],
-                                         env=self.env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                         env=self.env, cwd=self.root, stdout=out, stderr=subprocess.STDOUT)
         finally:
             if not isinstance(out, int):
                 out.close()  # the child has its own copy

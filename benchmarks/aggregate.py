@@ -1,0 +1,83 @@
+"""The aggregator through a scratch database with the shipped processing settings: a
+backlog (30 readings per item at once), then the real-time worst case (one new reading
+per item per run, ten times).  Prints one JSON line (benchmarks/run.py reads it).
+
+    .venv/bin/python -m benchmarks.aggregate [--enterprises 20] [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import asyncpg
+from prometheus_client import CollectorRegistry
+
+from config.settings import ProcessingSettings
+from processing.aggregator import Aggregator
+from tools.guest import drop_database, migrated_database
+
+_ITEMS = """
+INSERT INTO items (enterprise, code, energy, unit, kind, scope, source)
+SELECT '91BENCH' || lpad(e::text, 11, '0'), lpad(i::text, 2, '0') || '-00-0000-023300-01', '3300',
+       'kWh', 'cumulative', CASE WHEN i < 3 THEN 1 ELSE 2 END, 'bench'
+FROM generate_series(0, $1 - 1) e, generate_series(0, 49) i
+"""
+
+# What the store does: readings and one pending row per item, in one transaction.
+_READINGS = """
+WITH n AS (
+  INSERT INTO readings (enterprise, code, ts, value, quality, received_at)
+  SELECT i.enterprise, i.code, $1::text::timestamptz + k * interval '1 minute', k * 1.5, 0, now()
+  FROM items i, generate_series($2::int, $3::int) k
+  RETURNING enterprise, code, ts
+)
+INSERT INTO pending_recompute (enterprise, code, from_ts, to_ts)
+SELECT enterprise, code, min(ts), max(ts) FROM n GROUP BY enterprise, code
+"""
+_START = "2025-11-28 00:00:00+08"
+
+
+async def measure(enterprises: int, rounds: int) -> dict[str, float]:
+    dsn = await migrated_database()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(_ITEMS, enterprises)
+        n_items = enterprises * 50
+        agg = Aggregator(ProcessingSettings(), pool=pool, registry=CollectorRegistry())
+
+        async def timed(lo: int, hi: int) -> tuple[float, int]:
+            async with pool.acquire() as conn:
+                await conn.execute(_READINGS, _START, lo, hi)
+            runs = 0
+            t0 = time.perf_counter()
+            while await agg.run_once():
+                runs += 1
+            return time.perf_counter() - t0, runs
+
+        backlog, _ = await timed(0, 29)
+        realtime, runs = 0.0, 0
+        for k in range(30, 30 + rounds):
+            secs, r = await timed(k, k)
+            realtime += secs
+            runs += r
+        return {"items": n_items, "backlog": n_items * 30 / backlog, "realtime": n_items * rounds / realtime,
+                "run_ms": realtime / runs * 1000}
+    finally:
+        await pool.close()
+        await drop_database(dsn)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--enterprises", type=int, default=20, help="of 50 items each")
+    ap.add_argument("--rounds", type=int, default=10)
+    args = ap.parse_args()
+    print(json.dumps(asyncio.run(measure(args.enterprises, args.rounds))))
+
+
+if __name__ == "__main__":
+    main()
