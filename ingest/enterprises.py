@@ -22,20 +22,19 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 import asyncpg
-import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
     StringConstraints,
-    ValidationError,
     field_validator,
 )
 
 from ingest.credit_code import checked
-from ingest.frames import describe, pg_text
-from ingest.items import ItemsError, decode_items_file, storable
+from ingest.frames import describe
+from ingest.items import storable
+from ingest.registryfile import RegistryFileError, check_entries, read_text
 
 __all__ = [
     "PROFILE_FIELDS", "SECRET_FIELDS", "EnterpriseSpec", "EnterprisesError", "Profile", "TargetEntry",
@@ -45,13 +44,9 @@ __all__ = [
 _COUNTY = re.compile(r"^[1-8]\d{3}\d{2}$")
 
 
-class EnterprisesError(ValueError):
-    """A whole enterprises file is unusable; ``reason`` is ``bad_encoding``, ``bad_json``,
-    ``bad_shape`` or ``bad_entry``.  The text is safe to print: it never holds a secret."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(pg_text(detail))
-        self.reason = reason
+class EnterprisesError(RegistryFileError):
+    """A whole enterprises file is unusable (see RegistryFileError); the text never holds
+    a secret."""
 
 
 def _county(v: str) -> str:
@@ -262,64 +257,32 @@ def _unknown(loc: tuple[int | str, ...]) -> str:
     return f"{describe(name)}{where}{hint}"
 
 
-def _error_text(exc: ValidationError) -> str:
-    errors = exc.errors()
-    unknown = [tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
-    if unknown:
-        named = ", ".join(_unknown(u) for u in unknown[:3])
-        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
-        return f"unknown field {named}{more}"
-    e = errors[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    # e["msg"] only: pydantic's "input" would echo a PIN or a secret.
-    return f"{loc}: {e['msg']}" if loc else str(e["msg"])
-
-
 def _entry_name(obj: Mapping[str, Any]) -> str:
     code = obj.get("enterprise")
     return f" ({describe(code, 20)})" if isinstance(code, str) else ""
 
 
+def _cross_checks(specs: list[EnterpriseSpec]) -> list[str]:
+    """The same enterprise twice in one file."""
+    seen: dict[str, int] = {}
+    bad = []
+    for i, spec in enumerate(specs):
+        if spec.enterprise in seen:
+            bad.append(f"entry [{i}] ({spec.enterprise}): the same enterprise as entry [{seen[spec.enterprise]}]")
+        seen.setdefault(spec.enterprise, i)
+    return bad
+
+
 def parse_enterprises_file(text: str) -> list[EnterpriseSpec]:
     """A JSON array of enterprise entries; any fault raises EnterprisesError naming the
     first bad entry (by index and credit code) and counting the others."""
-    try:
-        doc = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise EnterprisesError("bad_json", f"not JSON: {str(exc)[:200]}") from None
-    if type(doc) is not list:
-        raise EnterprisesError("bad_shape", "the file must hold a JSON array of enterprises")
-    good: list[EnterpriseSpec] = []
-    bad: list[str] = []
-    seen: dict[str, int] = {}
-    for i, obj in enumerate(doc):
-        if type(obj) is not dict:
-            bad.append(f"entry [{i}]: an entry must be a JSON object, not {describe(obj)}")
-            continue
-        try:
-            spec = EnterpriseSpec.model_validate(obj)
-        except ValidationError as exc:
-            bad.append(f"entry [{i}]{_entry_name(obj)}: {_error_text(exc)}")
-            continue
-        if spec.enterprise in seen:
-            bad.append(f"entry [{i}] ({spec.enterprise}): the same enterprise as entry [{seen[spec.enterprise]}]")
-            continue
-        seen[spec.enterprise] = i
-        good.append(spec)
-    if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise EnterprisesError("bad_entry", pg_text(bad[0]) + more)
-    return good
+    return check_entries(text, EnterpriseSpec, what="an entry", plural="enterprises", error=EnterprisesError,
+                         name_of=_entry_name, unknown=_unknown, cross_checks=_cross_checks)
 
 
 def parse_enterprises_file_bytes(data: bytes, encoding: str | None = None) -> list[EnterpriseSpec]:
-    """:func:`parse_enterprises_file` for the file's bytes: UTF-8 (a BOM allowed) unless
-    ``encoding`` names another, read as the items file is (ingest.items.decode_items_file)."""
-    try:
-        text = decode_items_file(data, encoding)
-    except ItemsError as exc:
-        raise EnterprisesError(exc.reason, str(exc)) from None
-    return parse_enterprises_file(text)
+    """:func:`parse_enterprises_file` for the file's bytes (ingest.registryfile.read_text)."""
+    return parse_enterprises_file(read_text(data, encoding, EnterprisesError))
 
 
 # ---- storing ----------------------------------------------------------------------------

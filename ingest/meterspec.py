@@ -17,20 +17,19 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from ingest.credit_code import checked
-from ingest.frames import MAX_ABS_VALUE, describe, normalise_code, pg_text
-from ingest.items import ItemsError, decode_items_file, storable
+from ingest.frames import MAX_ABS_VALUE, describe, normalise_code
+from ingest.items import storable
+from ingest.registryfile import RegistryFileError, check_entries, read_text
 
 __all__ = [
     "ALIGN_STATES", "MeterSpec", "MetersError", "ReplacesSpec", "accuracy_key",
@@ -45,13 +44,8 @@ _ALIGN_WORDS = {"检定": "verified", "已检定": "verified", "校准": "calibr
 _ACCURACY = re.compile(r"^(?:0|[1-9][0-9]?)(?:\.[0-9]{1,2})?S?$")
 
 
-class MetersError(ValueError):
-    """A whole instruments file is unusable; ``reason`` is ``bad_encoding``, ``bad_json``,
-    ``bad_shape`` or ``bad_entry``.  The text is one line, safe to print."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(pg_text(detail))
-        self.reason = reason
+class MetersError(RegistryFileError):
+    """A whole instruments file is unusable (see RegistryFileError)."""
 
 
 def accuracy_key(level: str) -> tuple[float, int] | None:
@@ -303,19 +297,6 @@ def _unknown(loc: tuple[int | str, ...]) -> str:
     return describe(name) + where + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
-def _error_text(exc: ValidationError) -> str:
-    errors = exc.errors()
-    unknown = [tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
-    if unknown:
-        named = ", ".join(_unknown(u) for u in unknown[:3])
-        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
-        return f"unknown field {named}{more}"
-    e = errors[0]
-    loc = ".".join(str(p) for p in e["loc"])
-    msg = str(e["msg"]).removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
-
-
 def _entry_name(obj: Mapping[str, Any]) -> str:
     parts = [describe(obj[k], 24) for k in ("enterprise", "serNo") if isinstance(obj.get(k), str)]
     return f" ({', '.join(parts)})" if parts else ""
@@ -350,35 +331,10 @@ def _cross_checks(specs: list[MeterSpec]) -> list[str]:
 def parse_meters_file(text: str) -> list[MeterSpec]:
     """A JSON array of instruments; any fault raises MetersError naming the first bad entry
     (by index, enterprise and serial number) and counting the others."""
-    try:
-        doc = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise MetersError("bad_json", f"not JSON: {str(exc)[:200]}") from None
-    if type(doc) is not list:
-        raise MetersError("bad_shape", "the file must hold a JSON array of instruments")
-    good: list[MeterSpec] = []
-    bad: list[str] = []
-    for i, obj in enumerate(doc):
-        if type(obj) is not dict:
-            bad.append(f"entry [{i}]: an instrument must be a JSON object, not {describe(obj)}")
-            continue
-        try:
-            good.append(MeterSpec.model_validate(obj))
-        except ValidationError as exc:
-            bad.append(f"entry [{i}]{_entry_name(obj)}: {_error_text(exc)}")
-    if not bad:
-        bad = _cross_checks(good)
-    if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise MetersError("bad_entry", " ".join(pg_text(bad[0]).split()) + more)
-    return good
+    return check_entries(text, MeterSpec, what="an instrument", plural="instruments", error=MetersError,
+                         name_of=_entry_name, unknown=_unknown, cross_checks=_cross_checks)
 
 
 def parse_meters_file_bytes(data: bytes, encoding: str | None = None) -> list[MeterSpec]:
-    """:func:`parse_meters_file` for the file's bytes: UTF-8 (a BOM allowed) unless
-    ``encoding`` names another, read as an items file is (ingest.items.decode_items_file)."""
-    try:
-        text = decode_items_file(data, encoding)
-    except ItemsError as exc:
-        raise MetersError(exc.reason, str(exc)) from None
-    return parse_meters_file(text)
+    """:func:`parse_meters_file` for the file's bytes (ingest.registryfile.read_text)."""
+    return parse_meters_file(read_text(data, encoding, MetersError))
