@@ -68,6 +68,10 @@ __all__ = ["Aggregator"]
 _BRIDGE_US = 3_600_000_000  # pending ranges of an item less than an hour apart are merged
 _FAR_FUTURE = 7_258_118_400_000_000  # 2200-01-01: "until now and ever after", as a time
 _MORE_PER_ITEM = 50  # extra pending rows of a claimed item taken in the same run
+# How far before a call's earliest range its look-ups of the previous reading go at
+# first (sql.NEIGHBOURS): the chunks of readings older than that are left out once, not
+# visited for every item.  An item silent for longer is looked up again without it.
+_HORIZON_US = 2 * 86_400_000_000
 
 
 class Aggregator:
@@ -217,7 +221,18 @@ class Aggregator:
         Out-of-line readings of the ranges are flagged on the way."""
         ents, codes = item_keys(items, item)
         k = np.arange(len(item), dtype=np.int32)
-        rows = await conn.fetch(sql.NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist())
+        bounds = [int(lo.min()) - _HORIZON_US, int(lo.max()), int(hi.min())]
+        rows = await conn.fetch(sql.NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist(),
+                                *bounds)
+        # Ranges with no reading before them after the floor: asked again without it.
+        again = [r["k"] for r in rows if r["before"] is None]
+        if again:
+            a_k = np.array(again, np.int64)
+            found = {r["k"]: r["before"] for r in await conn.fetch(
+                sql.NEIGHBOURS, a_k.tolist(), strings_at(ents, a_k), strings_at(codes, a_k),
+                lo[a_k].tolist(), hi[a_k].tolist(), sql.NO_FLOOR, *bounds[1:])}
+            rows = [{"k": r["k"], "before": found.get(r["k"], r["before"]), "after": r["after"]}
+                    for r in rows]
         rk = np.fromiter((r["k"] for r in rows), np.int64, len(rows))
         a, b = lo.copy(), hi.copy()  # no neighbour: the range's own end
         a[rk] = [lo[i] if r["before"] is None else r["before"] for i, r in zip(rk, rows, strict=True)]
@@ -253,12 +268,26 @@ class Aggregator:
                     w_lo: np.ndarray, w_hi: np.ndarray) -> Readings | None:
         ents, codes = item_keys(items, w_item)
         g = np.arange(len(w_item), dtype=np.int32)
-        loaded = await conn.fetchrow(sql.LOAD, g.tolist(), ents, codes, w_lo.tolist(), w_hi.tolist())
-        if loaded[0] is None:
+        bounds = [int(w_lo.min()) - _HORIZON_US, int(w_lo.max()), int(w_hi.min())]
+        loaded = await conn.fetchrow(sql.LOAD, g.tolist(), ents, codes, w_lo.tolist(),
+                                     w_hi.tolist(), *bounds)
+        types = (np.int64, np.int64, np.float64, np.int32)
+        cols = [np.array(loaded[i] or [], t) for i, t in enumerate(types)]
+        if loaded[4]:
+            # Windows with no reading before them after the floor: loaded again without
+            # it (their rows so far begin at the window, perhaps wrongly).
+            a_g = np.array(loaded[4], np.int64)
+            redo = await conn.fetchrow(sql.LOAD, a_g.tolist(), strings_at(ents, a_g),
+                                       strings_at(codes, a_g), w_lo[a_g].tolist(),
+                                       w_hi[a_g].tolist(), sql.NO_FLOOR, *bounds[1:])
+            keep = ~np.isin(cols[0], a_g)
+            cols = [c[keep] for c in cols]
+            cols = [np.concatenate([c, np.array(redo[i] or [], c.dtype)])
+                    for i, c in enumerate(cols)]
+        if len(cols[0]) == 0:
             return None
-        lg = np.array(loaded[0], np.int64)
-        return link_groups(w_item[lg], np.array(loaded[1], np.int64),
-                           np.array(loaded[2], np.float64), np.array(loaded[3], np.int32), lg)
+        lg = cols[0]
+        return link_groups(w_item[lg], cols[1], cols[2], cols[3], lg)
 
     @staticmethod
     async def _replacements(conn: asyncpg.Connection, items: ItemTable, r: Readings,

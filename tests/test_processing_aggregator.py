@@ -223,6 +223,34 @@ async def test_gaps_across_midnight_reach_the_month_and_late_data_fills_them(
             assert rows[(e, ELEC, DAY, at(2024, 3, 10))]["coverage"] == pytest.approx(60 / 1440)
 
 
+async def test_a_reading_days_after_the_previous_one_joins_its_series(db: str) -> None:
+    """The look-up of an item's previous reading first goes back a limited while (two
+    days, so that older chunks of readings are left out); an item silent for longer
+    is looked up again without that bound, and its new reading still ends a gap
+    segment from the old one rather than beginning a new series."""
+    async with connected(db) as pool:
+        e = ENTERPRISE
+        async with pool.acquire() as conn:
+            await add_items(conn, [item()])
+            await store(conn, [(ELEC, at(2024, 3, 1, 0, 0), 0.0), (ELEC, at(2024, 3, 1, 0, 5), 5.0)])
+            agg = aggregator(pool)
+            await drain(agg)
+            await store(conn, [(ELEC, at(2024, 3, 6, 0, 0), 125.0)])
+            await drain(agg)
+            await store(conn, [(ELEC, at(2024, 3, 6, 0, 10), 135.0)])
+            await drain(agg)
+            rows = await consumption(conn)
+            assert rows[(e, ELEC, MONTH, at(2024, 3))]["value"] == pytest.approx(135.0)
+            assert rows[(e, ELEC, QUARTER, at(2024, 3, 6, 0, 0))]["value"] == pytest.approx(10.0)
+            assert await conn.fetchval("SELECT count(*) FROM gap_segments") == 1
+            # Recomputing the old end again (a correction) still finds what follows it.
+            await store(conn, [(ELEC, at(2024, 3, 1, 0, 5), 6.0)])
+            await drain(agg)
+            rows = await consumption(conn)
+            assert rows[(e, ELEC, MONTH, at(2024, 3))]["value"] == pytest.approx(135.0)
+            assert rows[(e, ELEC, QUARTER, at(2024, 3, 1, 0, 0))]["value"] == pytest.approx(6.0)
+
+
 async def test_a_stuck_register_is_flagged_in_the_database(db: str) -> None:
     async with connected(db) as pool:
         other = "01-00-0000-023300-09"
