@@ -222,6 +222,9 @@ class Aggregator:
         ents, codes = item_keys(items, item)
         k = np.arange(len(item), dtype=np.int32)
         bounds = [int(lo.min()) - _HORIZON_US, int(lo.max()), int(hi.min())]
+        # Bounded, the look-ups leave the other chunks out at the start: the check for
+        # each range again (runtime exclusion) costs more than it saves.
+        await conn.execute(sql.EXCLUSION_OFF)
         rows = await conn.fetch(sql.NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist(),
                                 *bounds)
         # Ranges with no reading before them after the floor: asked again without it.
@@ -233,6 +236,7 @@ class Aggregator:
                 lo[a_k].tolist(), hi[a_k].tolist(), sql.NO_FLOOR, *bounds[1:])}
             rows = [{"k": r["k"], "before": found.get(r["k"], r["before"]), "after": r["after"]}
                     for r in rows]
+        await conn.execute(sql.EXCLUSION_ON)
         rk = np.fromiter((r["k"] for r in rows), np.int64, len(rows))
         a, b = lo.copy(), hi.copy()  # no neighbour: the range's own end
         a[rk] = [lo[i] if r["before"] is None else r["before"] for i, r in zip(rk, rows, strict=True)]
@@ -269,6 +273,7 @@ class Aggregator:
         ents, codes = item_keys(items, w_item)
         g = np.arange(len(w_item), dtype=np.int32)
         bounds = [int(w_lo.min()) - _HORIZON_US, int(w_lo.max()), int(w_hi.min())]
+        await conn.execute(sql.EXCLUSION_OFF)  # as for NEIGHBOURS
         loaded = await conn.fetchrow(sql.LOAD, g.tolist(), ents, codes, w_lo.tolist(),
                                      w_hi.tolist(), *bounds)
         types = (np.int64, np.int64, np.float64, np.int32)
@@ -284,6 +289,7 @@ class Aggregator:
             cols = [c[keep] for c in cols]
             cols = [np.concatenate([c, np.array(redo[i] or [], c.dtype)])
                     for i, c in enumerate(cols)]
+        await conn.execute(sql.EXCLUSION_ON)
         if len(cols[0]) == 0:
             return None
         lg = cols[0]

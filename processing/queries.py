@@ -14,7 +14,7 @@ from processing.periods import QUARTER_US
 
 __all__ = [
     "BACKLOG", "CHILDREN", "CLAIM", "CLAIM_MORE", "DELETE_CLAIMED", "DELETE_EVENTS",
-    "DELETE_GAPS", "EXCLUSION_OFF", "EXCLUSION_ON", "FIRST_READINGS", "FLAG_OUT_OF_LINE", "GAPS",
+    "DELETE_GAPS", "EVENTS_IN", "EXCLUSION_OFF", "EXCLUSION_ON", "FIRST_READINGS", "FLAG_OUT_OF_LINE", "GAPS",
     "INSERT_GAPS", "ITEMS", "LOAD", "MOVERS", "NEIGHBOURS", "NO_FLOOR", "PLANNER", "REPLACEMENTS", "RUN_SINCE",
     "STORED_QUARTERS", "STORED_TOTALS", "TOTAL_INPUTS",
     "UPDATE_QUALITY", "UPSERT", "UPSERT_EVENTS", "WITHDRAW",
@@ -279,6 +279,15 @@ UPDATE_QUALITY = f"""
 UPDATE readings r SET quality = u.q
 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int2[]) AS u(e, c, t, q)
 WHERE r.enterprise = u.e AND r.code = u.c AND r.ts = {_ts('u.t')}
+"""
+
+# The stretches ($3, $4: first and last reading's time) that hold a meter event at
+# all: a range probe per stretch, where deleting reading by reading probed every
+# loaded reading (most of them, in the usual run, hold none).
+EVENTS_IN = f"""
+SELECT u.k FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::int8[]) AS u(k, e, c, lo, hi)
+WHERE EXISTS (SELECT 1 FROM meter_events m WHERE m.enterprise = u.e AND m.code = u.c
+                AND m.ts >= {_ts('u.lo')} AND m.ts <= {_ts('u.hi')})
 """
 
 DELETE_EVENTS = f"""
