@@ -26,6 +26,7 @@ are in :mod:`processing.queries`.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import asyncpg
 import numpy as np
@@ -72,6 +73,11 @@ _MORE_PER_ITEM = 50  # extra pending rows of a claimed item taken in the same ru
 # first (sql.NEIGHBOURS): the chunks of readings older than that are left out once, not
 # visited for every item.  An item silent for longer is looked up again without it.
 _HORIZON_US = 2 * 86_400_000_000
+
+
+def _lists(columns: list[Any]) -> list[list[Any]]:
+    """Statement arguments from arrays or lists (arrays as lists)."""
+    return [c.tolist() if isinstance(c, np.ndarray) else c for c in columns]
 
 
 class Aggregator:
@@ -331,9 +337,22 @@ class Aggregator:
         if len(idx):
             ents, codes = item_keys(items, r.item[idx])
             t = r.ts[idx]
-            rows = await conn.fetch(sql.RUN_SINCE, np.arange(len(idx)).tolist(), ents, codes,
-                                    t.tolist(), r.value[idx].tolist(),
-                                    (t - self._stuck_after_us).tolist())
+            lo = t - self._stuck_after_us
+            args = [np.arange(len(idx)), np.asarray(ents, dtype=object),
+                    np.asarray(codes, dtype=object), t, r.value[idx], lo]
+            bounds = [int(lo.min()) - _HORIZON_US, int(lo.max()), int(lo.min()), int(t.max())]
+            await conn.execute(sql.EXCLUSION_OFF)  # bounded: as for NEIGHBOURS
+            rows = list(await conn.fetch(sql.RUN_SINCE, *_lists(args), *bounds))
+            # Those that found no reading before lo after the floor: again without it.
+            again = np.ones(len(idx), bool)
+            again[[row["k"] for row in rows if row["found"]]] = False
+            if again.any():
+                rows = [row for row in rows if row["found"]]
+                a_k = np.flatnonzero(again)
+                rows += await conn.fetch(sql.RUN_SINCE, *_lists([a[a_k] for a in args]),
+                                         sql.NO_FLOOR, *bounds[1:])
+            await conn.execute(sql.EXCLUSION_ON)
+            rows = [row for row in rows if row["since"] is not None]
             k = np.fromiter((row["k"] for row in rows), np.int64, len(rows))
             since[idx[k]] = np.fromiter((row["since"] for row in rows), np.int64, len(rows))
         return since, keep

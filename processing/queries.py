@@ -145,25 +145,32 @@ JOIN meter_replacements m ON m.enterprise = u.e AND m.code = u.c
 
 # Since when (clamped to t - stuck_after) a register has shown the value v it shows at
 # t: the earliest reading after the last different one, looking back no further than
-# the reading just before t - stuck_after.  No row for k means: since t.
+# the reading just before t - stuck_after.  since is NULL for: since t.  Bounded as
+# NEIGHBOURS: $7 the floor, $8 the latest lo, $9 the earliest lo, $10 the latest t.  A k
+# with no row of found = true found no reading before its lo after the floor (or none
+# at all): the caller asks again without the floor.
 RUN_SINCE = f"""
 WITH w AS (
-  SELECT u.k, u.lo, x.ts, x.value <> u.v AS differs
+  SELECT u.k, u.lo, x.ts, x.value <> u.v AS differs, x.before
   FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::float8[], $6::int8[])
     AS u(k, e, c, t, v, lo)
   CROSS JOIN LATERAL (
-    (SELECT r.ts, r.value FROM readings r
-      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')} ORDER BY r.ts DESC LIMIT 1)
+    (SELECT r.ts, r.value, true AS before FROM readings r
+      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')}
+        AND r.ts >= {_ts('$7')} AND r.ts < {_ts('$8')} ORDER BY r.ts DESC LIMIT 1)
     UNION ALL
-    (SELECT r.ts, r.value FROM readings r
-      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= {_ts('u.lo')} AND r.ts < {_ts('u.t')})
+    (SELECT r.ts, r.value, false FROM readings r
+      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= {_ts('u.lo')} AND r.ts < {_ts('u.t')}
+        AND r.ts >= {_ts('$9')} AND r.ts < {_ts('$10')})
   ) AS x
 ), marked AS (
-  SELECT k, lo, ts,
+  SELECT k, lo, ts, before,
     ts > coalesce(max(ts) FILTER (WHERE differs) OVER (PARTITION BY k), '-infinity') AS same
   FROM w
 )
-SELECT k, greatest(lo, {_us('min(ts)')}) AS since FROM marked WHERE same GROUP BY k, lo
+SELECT k, CASE WHEN bool_or(same) THEN greatest(lo, {_us('min(ts) FILTER (WHERE same)')}) END
+    AS since, bool_or(before) AS found
+FROM marked GROUP BY k, lo
 """
 
 # 15-minute periods in which the enterprise's items recorded consumption.
