@@ -26,7 +26,6 @@ are in :mod:`processing.queries`.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import asyncpg
 import numpy as np
@@ -34,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from config.settings import ProcessingSettings
 from ingest import quality as q
+from processing import lookups
 from processing import queries as sql
 from processing.itemtable import CUMULATIVE, INSTANT, ItemTable
 from processing.metrics import ProcessingMetrics
@@ -69,15 +69,6 @@ __all__ = ["Aggregator"]
 _BRIDGE_US = 3_600_000_000  # pending ranges of an item less than an hour apart are merged
 _FAR_FUTURE = 7_258_118_400_000_000  # 2200-01-01: "until now and ever after", as a time
 _MORE_PER_ITEM = 50  # extra pending rows of a claimed item taken in the same run
-# How far before a call's earliest range its look-ups of the previous reading go at
-# first (sql.NEIGHBOURS): the chunks of readings older than that are left out once, not
-# visited for every item.  An item silent for longer is looked up again without it.
-_HORIZON_US = 2 * 86_400_000_000
-
-
-def _lists(columns: list[Any]) -> list[list[Any]]:
-    """Statement arguments from arrays or lists (arrays as lists)."""
-    return [c.tolist() if isinstance(c, np.ndarray) else c for c in columns]
 
 
 class Aggregator:
@@ -226,23 +217,7 @@ class Aggregator:
         the ranges with no reading before them: their item's series now begins there.
         Out-of-line readings of the ranges are flagged on the way."""
         ents, codes = item_keys(items, item)
-        k = np.arange(len(item), dtype=np.int32)
-        bounds = [int(lo.min()) - _HORIZON_US, int(lo.max()), int(hi.min())]
-        # Bounded, the look-ups leave the other chunks out at the start: the check for
-        # each range again (runtime exclusion) costs more than it saves.
-        await conn.execute(sql.EXCLUSION_OFF)
-        rows = await conn.fetch(sql.NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist(),
-                                *bounds)
-        # Ranges with no reading before them after the floor: asked again without it.
-        again = [r["k"] for r in rows if r["before"] is None]
-        if again:
-            a_k = np.array(again, np.int64)
-            found = {r["k"]: r["before"] for r in await conn.fetch(
-                sql.NEIGHBOURS, a_k.tolist(), strings_at(ents, a_k), strings_at(codes, a_k),
-                lo[a_k].tolist(), hi[a_k].tolist(), sql.NO_FLOOR, *bounds[1:])}
-            rows = [{"k": r["k"], "before": found.get(r["k"], r["before"]), "after": r["after"]}
-                    for r in rows]
-        await conn.execute(sql.EXCLUSION_ON)
+        rows = await lookups.neighbours(conn, ents, codes, lo, hi)
         rk = np.fromiter((r["k"] for r in rows), np.int64, len(rows))
         a, b = lo.copy(), hi.copy()  # no neighbour: the range's own end
         a[rk] = [lo[i] if r["before"] is None else r["before"] for i, r in zip(rk, rows, strict=True)]
@@ -277,25 +252,7 @@ class Aggregator:
     async def _load(self, conn: asyncpg.Connection, items: ItemTable, w_item: np.ndarray,
                     w_lo: np.ndarray, w_hi: np.ndarray) -> Readings | None:
         ents, codes = item_keys(items, w_item)
-        g = np.arange(len(w_item), dtype=np.int32)
-        bounds = [int(w_lo.min()) - _HORIZON_US, int(w_lo.max()), int(w_hi.min())]
-        await conn.execute(sql.EXCLUSION_OFF)  # as for NEIGHBOURS
-        loaded = await conn.fetchrow(sql.LOAD, g.tolist(), ents, codes, w_lo.tolist(),
-                                     w_hi.tolist(), *bounds)
-        types = (np.int64, np.int64, np.float64, np.int32)
-        cols = [np.array(loaded[i] or [], t) for i, t in enumerate(types)]
-        if loaded[4]:
-            # Windows with no reading before them after the floor: loaded again without
-            # it (their rows so far begin at the window, perhaps wrongly).
-            a_g = np.array(loaded[4], np.int64)
-            redo = await conn.fetchrow(sql.LOAD, a_g.tolist(), strings_at(ents, a_g),
-                                       strings_at(codes, a_g), w_lo[a_g].tolist(),
-                                       w_hi[a_g].tolist(), sql.NO_FLOOR, *bounds[1:])
-            keep = ~np.isin(cols[0], a_g)
-            cols = [c[keep] for c in cols]
-            cols = [np.concatenate([c, np.array(redo[i] or [], c.dtype)])
-                    for i, c in enumerate(cols)]
-        await conn.execute(sql.EXCLUSION_ON)
+        cols = await lookups.load(conn, ents, codes, w_lo, w_hi)
         if len(cols[0]) == 0:
             return None
         lg = cols[0]
@@ -337,24 +294,9 @@ class Aggregator:
         if len(idx):
             ents, codes = item_keys(items, r.item[idx])
             t = r.ts[idx]
-            lo = t - self._stuck_after_us
-            args = [np.arange(len(idx)), np.asarray(ents, dtype=object),
-                    np.asarray(codes, dtype=object), t, r.value[idx], lo]
-            bounds = [int(lo.min()) - _HORIZON_US, int(lo.max()), int(lo.min()), int(t.max())]
-            await conn.execute(sql.EXCLUSION_OFF)  # bounded: as for NEIGHBOURS
-            rows = list(await conn.fetch(sql.RUN_SINCE, *_lists(args), *bounds))
-            # Those that found no reading before lo after the floor: again without it.
-            again = np.ones(len(idx), bool)
-            again[[row["k"] for row in rows if row["found"]]] = False
-            if again.any():
-                rows = [row for row in rows if row["found"]]
-                a_k = np.flatnonzero(again)
-                rows += await conn.fetch(sql.RUN_SINCE, *_lists([a[a_k] for a in args]),
-                                         sql.NO_FLOOR, *bounds[1:])
-            await conn.execute(sql.EXCLUSION_ON)
-            rows = [row for row in rows if row["since"] is not None]
-            k = np.fromiter((row["k"] for row in rows), np.int64, len(rows))
-            since[idx[k]] = np.fromiter((row["since"] for row in rows), np.int64, len(rows))
+            k, at = await lookups.run_since(conn, ents, codes, t, r.value[idx],
+                                            t - self._stuck_after_us)
+            since[idx[k]] = at
         return since, keep
 
     async def _stored_movers(self, conn: asyncpg.Connection, items: ItemTable, ent: np.ndarray,
