@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from config.settings import ProcessingSettings
 from ingest import quality as q
+from processing import lookups
 from processing import queries as sql
 from processing.itemtable import CUMULATIVE, INSTANT, ItemTable
 from processing.metrics import ProcessingMetrics
@@ -216,8 +217,7 @@ class Aggregator:
         the ranges with no reading before them: their item's series now begins there.
         Out-of-line readings of the ranges are flagged on the way."""
         ents, codes = item_keys(items, item)
-        k = np.arange(len(item), dtype=np.int32)
-        rows = await conn.fetch(sql.NEIGHBOURS, k.tolist(), ents, codes, lo.tolist(), hi.tolist())
+        rows = await lookups.neighbours(conn, ents, codes, lo, hi)
         rk = np.fromiter((r["k"] for r in rows), np.int64, len(rows))
         a, b = lo.copy(), hi.copy()  # no neighbour: the range's own end
         a[rk] = [lo[i] if r["before"] is None else r["before"] for i, r in zip(rk, rows, strict=True)]
@@ -252,13 +252,11 @@ class Aggregator:
     async def _load(self, conn: asyncpg.Connection, items: ItemTable, w_item: np.ndarray,
                     w_lo: np.ndarray, w_hi: np.ndarray) -> Readings | None:
         ents, codes = item_keys(items, w_item)
-        g = np.arange(len(w_item), dtype=np.int32)
-        loaded = await conn.fetchrow(sql.LOAD, g.tolist(), ents, codes, w_lo.tolist(), w_hi.tolist())
-        if loaded[0] is None:
+        cols = await lookups.load(conn, ents, codes, w_lo, w_hi)
+        if len(cols[0]) == 0:
             return None
-        lg = np.array(loaded[0], np.int64)
-        return link_groups(w_item[lg], np.array(loaded[1], np.int64),
-                           np.array(loaded[2], np.float64), np.array(loaded[3], np.int32), lg)
+        lg = cols[0]
+        return link_groups(w_item[lg], cols[1], cols[2], cols[3], lg)
 
     @staticmethod
     async def _replacements(conn: asyncpg.Connection, items: ItemTable, r: Readings,
@@ -296,11 +294,9 @@ class Aggregator:
         if len(idx):
             ents, codes = item_keys(items, r.item[idx])
             t = r.ts[idx]
-            rows = await conn.fetch(sql.RUN_SINCE, np.arange(len(idx)).tolist(), ents, codes,
-                                    t.tolist(), r.value[idx].tolist(),
-                                    (t - self._stuck_after_us).tolist())
-            k = np.fromiter((row["k"] for row in rows), np.int64, len(rows))
-            since[idx[k]] = np.fromiter((row["since"] for row in rows), np.int64, len(rows))
+            k, at = await lookups.run_since(conn, ents, codes, t, r.value[idx],
+                                            t - self._stuck_after_us)
+            since[idx[k]] = at
         return since, keep
 
     async def _stored_movers(self, conn: asyncpg.Connection, items: ItemTable, ent: np.ndarray,

@@ -14,8 +14,8 @@ from processing.periods import QUARTER_US
 
 __all__ = [
     "BACKLOG", "CHILDREN", "CLAIM", "CLAIM_MORE", "DELETE_CLAIMED", "DELETE_EVENTS",
-    "DELETE_GAPS", "EXCLUSION_OFF", "EXCLUSION_ON", "FIRST_READINGS", "FLAG_OUT_OF_LINE", "GAPS",
-    "INSERT_GAPS", "ITEMS", "LOAD", "MOVERS", "NEIGHBOURS", "PLANNER", "REPLACEMENTS", "RUN_SINCE",
+    "DELETE_GAPS", "EVENTS_IN", "EXCLUSION_OFF", "EXCLUSION_ON", "FIRST_READINGS", "FLAG_OUT_OF_LINE", "GAPS",
+    "INSERT_GAPS", "ITEMS", "LOAD", "MOVERS", "NEIGHBOURS", "NO_FLOOR", "PLANNER", "REPLACEMENTS", "RUN_SINCE",
     "STORED_QUARTERS", "STORED_TOTALS", "TOTAL_INPUTS",
     "UPDATE_QUALITY", "UPSERT", "UPSERT_EVENTS", "WITHDRAW",
 ]
@@ -59,10 +59,14 @@ CROSS JOIN LATERAL (
 # Every query of a run is driven by a short list of keys (items, periods, timestamps)
 # into large tables.  Nested loops over the primary-key indexes are always right for
 # that; a hash or merge join would read whole chunks when the planner misjudges a list.
+# No JIT: a statement over a hypertable of many chunks is estimated dear enough to be
+# compiled, and compiling the scans of a hundred chunks took seconds a run, for
+# statements that then run in milliseconds.
 PLANNER = """
 SET LOCAL enable_hashjoin = off;
 SET LOCAL enable_mergejoin = off;
 SET LOCAL max_parallel_workers_per_gather = 0;
+SET LOCAL jit = off;
 """
 
 ITEMS = """
@@ -70,18 +74,34 @@ SELECT enterprise, code, energy, kind, multiplier, rollover, min, max, scope, co
 FROM items WHERE enterprise = ANY($1::text[])
 """
 
+# A floor below every reading (the year 69: still a valid timestamptz).
+NO_FLOOR = -60_000_000_000_000_000
+
 _UNNEST_RANGES = "unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::int8[]) AS u(k, e, c, lo, hi)"
 
 # Only finite values make segments; NaN sorts above +Infinity in PostgreSQL.
 _FINITE = "r.value < 'Infinity'::float8 AND r.value > '-Infinity'::float8"
 
-# The finite readings just before and just after each pending range.
+# Constant bounds of the look-ups around the ranges of a call: $6 no earlier than
+# (the caller's floor: a while before the earliest range), $7 before (the latest range's
+# start), $8 after (the earliest range's end).  With them TimescaleDB leaves every
+# other chunk of readings out once, at the start; without, each range's look-up went
+# through every chunk of the table (about 5 µs a chunk: a hundred days of readings made
+# a run of a thousand items take seconds).  A reading before the floor is not found:
+# the caller asks again without it (floor _NO_FLOOR) for the ranges that found nothing.
+_BEFORE = f"r.ts >= {_ts('$6')} AND r.ts < {_ts('$7')}"
+_AFTER = f"r.ts > {_ts('$8')}"
+
+# The finite readings just before and just after each pending range ($6 to $8: the
+# bounds above).
 NEIGHBOURS = f"""
 SELECT u.k,
   (SELECT {_us('max(r.ts)')} FROM readings r
-    WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')} AND {_FINITE}) AS before,
+    WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')} AND {_BEFORE}
+      AND {_FINITE}) AS before,
   (SELECT {_us('min(r.ts)')} FROM readings r
-    WHERE r.enterprise = u.e AND r.code = u.c AND r.ts > {_ts('u.hi')} AND {_FINITE}) AS after
+    WHERE r.enterprise = u.e AND r.code = u.c AND r.ts > {_ts('u.hi')} AND {_AFTER}
+      AND {_FINITE}) AS after
 FROM {_UNNEST_RANGES}
 """
 
@@ -90,19 +110,26 @@ FROM {_UNNEST_RANGES}
 # Returned as arrays: asyncpg decodes arrays in C, much faster than a Record per row.
 # OFFSET 0 keeps each LATERAL subquery a per-window index scan: flattened into a join,
 # the planner may scan whole chunks instead.
+# $6 to $8 bound the look-ups as in NEIGHBOURS; the fifth array holds the windows
+# that found no reading before them after the floor (their rows are to be loaded again
+# without it).
 LOAD = f"""
-SELECT array_agg(u.k), array_agg({_us('x.ts')}), array_agg(x.value), array_agg(x.quality)
-FROM {_UNNEST_RANGES}
-CROSS JOIN LATERAL (SELECT
-  coalesce((SELECT max(r.ts) FROM readings r WHERE r.enterprise = u.e AND r.code = u.c
-             AND r.ts < {_ts('u.lo')} AND {_FINITE}), {_ts('u.lo')}) AS f,
-  coalesce((SELECT min(r.ts) FROM readings r WHERE r.enterprise = u.e AND r.code = u.c
-             AND r.ts > {_ts('u.hi')} AND {_FINITE}), {_ts('u.hi')}) AS l
-  OFFSET 0
-) AS b
+WITH b AS (
+  SELECT u.k, u.e, u.c, coalesce(b.f, {_ts('u.lo')}) AS f, b.f IS NULL AS none_before,
+    coalesce((SELECT min(r.ts) FROM readings r WHERE r.enterprise = u.e AND r.code = u.c
+               AND r.ts > {_ts('u.hi')} AND {_AFTER} AND {_FINITE}), {_ts('u.hi')}) AS l
+  FROM {_UNNEST_RANGES}
+  CROSS JOIN LATERAL (SELECT (SELECT max(r.ts) FROM readings r
+    WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')} AND {_BEFORE}
+      AND {_FINITE}) AS f OFFSET 0) AS b
+)
+SELECT array_agg(b.k), array_agg({_us('x.ts')}), array_agg(x.value), array_agg(x.quality),
+  (SELECT array_agg(k) FROM b WHERE none_before)
+FROM b
 CROSS JOIN LATERAL (
   SELECT r.ts, r.value, r.quality FROM readings r
-  WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= b.f AND r.ts <= b.l OFFSET 0
+  WHERE r.enterprise = b.e AND r.code = b.c AND r.ts >= b.f AND r.ts <= b.l
+    AND r.ts >= {_ts('$6')} OFFSET 0
 ) AS x
 """
 
@@ -118,25 +145,32 @@ JOIN meter_replacements m ON m.enterprise = u.e AND m.code = u.c
 
 # Since when (clamped to t - stuck_after) a register has shown the value v it shows at
 # t: the earliest reading after the last different one, looking back no further than
-# the reading just before t - stuck_after.  No row for k means: since t.
+# the reading just before t - stuck_after.  since is NULL for: since t.  Bounded as
+# NEIGHBOURS: $7 the floor, $8 the latest lo, $9 the earliest lo, $10 the latest t.  A k
+# with no row of found = true found no reading before its lo after the floor (or none
+# at all): the caller asks again without the floor.
 RUN_SINCE = f"""
 WITH w AS (
-  SELECT u.k, u.lo, x.ts, x.value <> u.v AS differs
+  SELECT u.k, u.lo, x.ts, x.value <> u.v AS differs, x.before
   FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::float8[], $6::int8[])
     AS u(k, e, c, t, v, lo)
   CROSS JOIN LATERAL (
-    (SELECT r.ts, r.value FROM readings r
-      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')} ORDER BY r.ts DESC LIMIT 1)
+    (SELECT r.ts, r.value, true AS before FROM readings r
+      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts < {_ts('u.lo')}
+        AND r.ts >= {_ts('$7')} AND r.ts < {_ts('$8')} ORDER BY r.ts DESC LIMIT 1)
     UNION ALL
-    (SELECT r.ts, r.value FROM readings r
-      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= {_ts('u.lo')} AND r.ts < {_ts('u.t')})
+    (SELECT r.ts, r.value, false FROM readings r
+      WHERE r.enterprise = u.e AND r.code = u.c AND r.ts >= {_ts('u.lo')} AND r.ts < {_ts('u.t')}
+        AND r.ts >= {_ts('$9')} AND r.ts < {_ts('$10')})
   ) AS x
 ), marked AS (
-  SELECT k, lo, ts,
+  SELECT k, lo, ts, before,
     ts > coalesce(max(ts) FILTER (WHERE differs) OVER (PARTITION BY k), '-infinity') AS same
   FROM w
 )
-SELECT k, greatest(lo, {_us('min(ts)')}) AS since FROM marked WHERE same GROUP BY k, lo
+SELECT k, CASE WHEN bool_or(same) THEN greatest(lo, {_us('min(ts) FILTER (WHERE same)')}) END
+    AS since, bool_or(before) AS found
+FROM marked GROUP BY k, lo
 """
 
 # 15-minute periods in which the enterprise's items recorded consumption.
@@ -252,6 +286,15 @@ UPDATE_QUALITY = f"""
 UPDATE readings r SET quality = u.q
 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int2[]) AS u(e, c, t, q)
 WHERE r.enterprise = u.e AND r.code = u.c AND r.ts = {_ts('u.t')}
+"""
+
+# The stretches ($3, $4: first and last reading's time) that hold a meter event at
+# all: a range probe per stretch, where deleting reading by reading probed every
+# loaded reading (most of them, in the usual run, hold none).
+EVENTS_IN = f"""
+SELECT u.k FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::int8[]) AS u(k, e, c, lo, hi)
+WHERE EXISTS (SELECT 1 FROM meter_events m WHERE m.enterprise = u.e AND m.code = u.c
+                AND m.ts >= {_ts('u.lo')} AND m.ts <= {_ts('u.hi')})
 """
 
 DELETE_EVENTS = f"""

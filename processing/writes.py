@@ -140,6 +140,14 @@ async def write_events(conn: asyncpg.Connection, items: ItemTable, r: Readings,
     none = ends_segment | ~np.isfinite(r.value)
     none[at] = False
     if none.any():
+        # Only in the stretches that hold any event at all (usually none).
+        s_first, s_last = stretches(r)
+        ents, codes = item_keys(items, r.item[s_first])
+        held = await conn.fetch(sql.EVENTS_IN, np.arange(len(s_first), dtype=np.int32).tolist(),
+                                ents, codes, r.ts[s_first].tolist(), r.ts[s_last].tolist())
+        stretch = np.cumsum(~r.linked) - 1
+        none &= np.isin(stretch, np.fromiter((h[0] for h in held), np.int64, len(held)))
+    if none.any():
         ents, codes = item_keys(items, r.item[none])
         await conn.execute(sql.DELETE_EVENTS, ents, codes, r.ts[none].tolist())
     if len(at) == 0:

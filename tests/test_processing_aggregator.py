@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry
 from config.settings import ProcessingSettings
 from ingest import quality as q
 from ingest.registry import queue_item_recompute
+from processing import queries as sql
 from processing.aggregator import Aggregator
+from processing.itemtable import ItemTable
 from processing.periods import DAY, MONTH, QUARTER, YEAR
 from processing.pipeline import compute
 from processing.segments import Readings
@@ -221,6 +223,53 @@ async def test_gaps_across_midnight_reach_the_month_and_late_data_fills_them(
             assert rows[(e, ELEC, DAY, at(2024, 3, 10))]["value"] == pytest.approx(50.0)
             assert rows[(e, ELEC, MONTH, at(2024, 3))]["value"] == pytest.approx(80.0)
             assert rows[(e, ELEC, DAY, at(2024, 3, 10))]["coverage"] == pytest.approx(60 / 1440)
+
+
+async def test_a_reading_days_after_the_previous_one_joins_its_series(db: str) -> None:
+    """The look-up of an item's previous reading first goes back a limited while (two
+    days, so that older chunks of readings are left out); an item silent for longer
+    is looked up again without that bound, and its new reading still ends a gap
+    segment from the old one rather than beginning a new series."""
+    async with connected(db) as pool:
+        e = ENTERPRISE
+        async with pool.acquire() as conn:
+            await add_items(conn, [item()])
+            await store(conn, [(ELEC, at(2024, 3, 1, 0, 0), 0.0), (ELEC, at(2024, 3, 1, 0, 5), 5.0)])
+            agg = aggregator(pool)
+            await drain(agg)
+            await store(conn, [(ELEC, at(2024, 3, 6, 0, 0), 125.0)])
+            await drain(agg)
+            await store(conn, [(ELEC, at(2024, 3, 6, 0, 10), 135.0)])
+            await drain(agg)
+            rows = await consumption(conn)
+            assert rows[(e, ELEC, MONTH, at(2024, 3))]["value"] == pytest.approx(135.0)
+            assert rows[(e, ELEC, QUARTER, at(2024, 3, 6, 0, 0))]["value"] == pytest.approx(10.0)
+            assert await conn.fetchval("SELECT count(*) FROM gap_segments") == 1
+            # Recomputing the old end again (a correction) still finds what follows it.
+            await store(conn, [(ELEC, at(2024, 3, 1, 0, 5), 6.0)])
+            await drain(agg)
+            rows = await consumption(conn)
+            assert rows[(e, ELEC, MONTH, at(2024, 3))]["value"] == pytest.approx(135.0)
+            assert rows[(e, ELEC, QUARTER, at(2024, 3, 1, 0, 0))]["value"] == pytest.approx(6.0)
+
+
+async def test_an_unchanged_register_looks_back_past_the_first_bound(db: str) -> None:
+    """Since when a register has shown its value: the reading just before t -
+    stuck_after counts even when it lies days before (found by the look-up again
+    without its first bound)."""
+    async with connected(db) as pool:
+        async with pool.acquire() as conn:
+            await add_items(conn, [item()])
+            t1 = at(2024, 3, 6, 0, 0)
+            await store(conn, [(ELEC, at(2024, 3, 1, 0, 0), 5.0), (ELEC, t1, 5.0),
+                               (ELEC, t1 + 600_000_000, 5.0)])
+            items = ItemTable.from_records(dict(r) for r in await conn.fetch(sql.ITEMS, [ENTERPRISE]))
+            agg = aggregator(pool)
+            r = Readings(np.zeros(2, np.int64), np.array([t1, t1 + 600_000_000], np.int64),
+                         np.array([5.0, 5.0]), np.zeros(2, np.int32), np.array([False, True]))
+            async with conn.transaction():
+                since, _ = await agg._run_since(conn, items, r)
+        assert since[0] == t1 - 6 * 3600 * 1_000_000  # not "since t1": it showed 5 before
 
 
 async def test_a_stuck_register_is_flagged_in_the_database(db: str) -> None:
