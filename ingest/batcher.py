@@ -1,10 +1,13 @@
 """Gathers decoded messages into batches for the store: up to ``batch_rows`` readings
 or ``batch_messages`` messages, ``batch_ms`` after the first message, or once no message
 came for ``batch_idle_ms``, whichever comes first.  The last two matter for a backlog of
-small frames: the broker sends only so many unacknowledged messages (1000 in the
-shipped settings), and nothing is acknowledged before its batch is committed, so a
-batch waiting out ``batch_ms`` for more would wait for messages that cannot come, and a
-batch of the whole window would leave nothing to receive while it commits.
+small frames: the broker sends only so many unacknowledged messages (``mqtt.receive_maximum``),
+and nothing is acknowledged before its batch is committed, so a batch waiting out
+``batch_ms`` for more would wait for messages that cannot come, and a batch of the whole
+window would leave nothing to receive while it commits.
+
+A batch's accepted readings are gathered as column lists (``frames.Columns``) and made
+into one array when it closes: a frame of one reading costs no numpy call of its own.
 
 Every message ends as a batch part carrying its handle, whatever its content: an error
 while decoding or validating it becomes a ``decode_failed`` quarantine row, items the
