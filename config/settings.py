@@ -76,7 +76,7 @@ class MqttSettings(Section):
     keepalive_s: int = Field(30, ge=5, le=3600)
     # The most messages the broker may have in flight to us unacknowledged (MQTT 5
     # Receive Maximum).  With acknowledgement after commit this bounds memory too.
-    receive_maximum: int = Field(2000, ge=1, le=65535)
+    receive_maximum: int = Field(4000, ge=1, le=65535)
     # How long the broker keeps our session (and queues messages for it) while we are
     # away.  Longer than any outage you plan to survive; the broker's own limits apply.
     session_expiry_s: int = Field(7 * 86400, ge=60)
@@ -203,7 +203,7 @@ class IngestSettings(Section):
     # half of it, so one batch is received while the last commits), or the gateways
     # have said all for now.
     batch_rows: int = Field(10_000, ge=1, le=1_000_000)
-    batch_messages: int = Field(1000, ge=1, le=65_535)
+    batch_messages: int = Field(2000, ge=1, le=65_535)
     batch_ms: int = Field(200, ge=1, le=60_000)
     batch_idle_ms: int = Field(10, ge=1, le=60_000)
     max_frame_bytes: int = Field(256 * 1024, ge=1024)
