@@ -13,7 +13,7 @@ Resident memory and CPU of ``nhjc run`` are sampled from /proc throughout.  ``--
 shrinks W2 and W3 for a quick run; ``--before PATH`` also measures the ``nhjc run`` of
 another checkout (e.g. an export of main) on the same backlogs, one after the other.
 
-    .venv/bin/python -m benchmarks.run [--scale 0.1] [--before /tmp/main] [--w1]
+    .venv/bin/python -m benchmarks.run [--scale 0.1] [--before /tmp/main] [--w1] [--only w3] [--profile P]
 """
 
 from __future__ import annotations

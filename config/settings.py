@@ -199,10 +199,11 @@ class DatabaseSettings(Section):
 class IngestSettings(Section):
     # A batch is committed when it holds batch_rows readings or batch_messages messages,
     # when batch_ms has passed, or when no message came for batch_idle_ms: the broker
-    # sends no more until some are acknowledged (its in-flight limit), or the gateways
+    # sends no more until some are acknowledged (mqtt.receive_maximum: keep batch_messages at
+    # half of it, so one batch is received while the last commits), or the gateways
     # have said all for now.
     batch_rows: int = Field(10_000, ge=1, le=1_000_000)
-    batch_messages: int = Field(500, ge=1, le=65_535)
+    batch_messages: int = Field(1000, ge=1, le=65_535)
     batch_ms: int = Field(200, ge=1, le=60_000)
     batch_idle_ms: int = Field(10, ge=1, le=60_000)
     max_frame_bytes: int = Field(256 * 1024, ge=1024)

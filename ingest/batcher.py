@@ -1,10 +1,13 @@
 """Gathers decoded messages into batches for the store: up to ``batch_rows`` readings
 or ``batch_messages`` messages, ``batch_ms`` after the first message, or once no message
 came for ``batch_idle_ms``, whichever comes first.  The last two matter for a backlog of
-small frames: the broker sends only so many unacknowledged messages (1000 in the
-shipped settings), and nothing is acknowledged before its batch is committed, so a
-batch waiting out ``batch_ms`` for more would wait for messages that cannot come, and a
-batch of the whole window would leave nothing to receive while it commits.
+small frames: the broker sends only so many unacknowledged messages (``mqtt.receive_maximum``),
+and nothing is acknowledged before its batch is committed, so a batch waiting out
+``batch_ms`` for more would wait for messages that cannot come, and a batch of the whole
+window would leave nothing to receive while it commits.
+
+A batch's accepted readings are gathered as column lists (``frames.Columns``) and made
+into one array when it closes: a frame of one reading costs no numpy call of its own.
 
 Every message ends as a batch part carrying its handle, whatever its content: an error
 while decoding or validating it becomes a ``decode_failed`` quarantine row, items the
@@ -19,11 +22,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from config.settings import IngestSettings
 from ingest.batch import Quarantined, ReadingBatch, Source, error_detail
 from ingest.collector import Message
-from ingest.frames import FrameLimits, decode_readings
+from ingest.frames import Columns, FrameLimits, decode_readings_into
 from ingest.items import ItemsError, ItemSpec, parse_items_payload
 from ingest.metrics import IngestMetrics
 from ingest.topics import Topic, TopicError, parse_topic
@@ -81,14 +86,14 @@ class Batcher:
         self._batch_s = settings.batch_ms / 1000
         self._idle_s = settings.batch_idle_ms / 1000
         self._batch_messages = settings.batch_messages
+        self._topics: dict[str, Topic | TopicError] = {}
 
     async def next_batch(self, stop: asyncio.Event) -> ReadingBatch | None:
         """The next batch; None once ``stop`` is set and nothing is waiting."""
-        parts: list[ReadingBatch] = []
-        rows = 0
+        g = _Gather()
         deadline: float | None = None
         loop = asyncio.get_running_loop()
-        while rows < self._batch_rows and len(parts) < self._batch_messages:
+        while len(g.cols) < self._batch_rows and len(g.handles) < self._batch_messages:
             if self._queue.empty():
                 if stop.is_set():
                     break
@@ -104,10 +109,8 @@ class Batcher:
                 msg = self._queue.get_nowait()
             if deadline is None:
                 deadline = loop.time() + self._batch_s
-            part = await self.decode(msg)
-            parts.append(part)
-            rows += len(part.rows)
-        return ReadingBatch.concat(parts) if parts else None
+            await self._add(msg, g)
+        return g.batch() if g.handles else None
 
     async def _get(self, stop: asyncio.Event, timeout: float | None) -> Message | None:
         getter = asyncio.ensure_future(self._queue.get())
@@ -122,35 +125,72 @@ class Batcher:
 
     async def decode(self, msg: Message) -> ReadingBatch:
         """One message into a batch part (rows and/or quarantine), carrying its handle."""
+        g = _Gather()
+        await self._add(msg, g)
+        return g.batch()
+
+    async def _add(self, msg: Message, g: _Gather) -> None:
+        """One message into the batch being gathered: its rows and quarantine rows, its
+        handle and its ``Source``, whatever its content."""
+        rows, quarantined = len(g.cols), len(g.quarantine)
         try:
-            part = await self._decode(msg)
+            frames = await self._decode(msg, g)
         except Exception as exc:  # a fault of this message's content (or of our decoder)
-            part = self._failed(msg, exc)
-        part.handles.append(msg.handle)
-        part.sources.append(Source(msg.topic, _enterprise_of(msg.topic), msg.received_at_us, msg.payload,
-                                   len(part.rows), len(part.quarantine), part.frames))
-        return part
+            g.cols.truncate(rows)  # nothing of it but the one quarantine row
+            del g.quarantine[quarantined:]
+            g.quarantine.append(self._failed(msg, exc))
+            frames = 1
+        g.frames += frames
+        g.handles.append(msg.handle)
+        g.sources.append(Source(msg.topic, self._enterprise_of(msg.topic), msg.received_at_us, msg.payload,
+                                len(g.cols) - rows, len(g.quarantine) - quarantined, frames))
 
-    def _failed(self, msg: Message, exc: Exception) -> ReadingBatch:
+    def _failed(self, msg: Message, exc: Exception) -> Quarantined:
         self._metrics.message_failed("decode", msg.topic, exc)
-        q = Quarantined(msg.received_at_us, msg.topic, _enterprise_of(msg.topic), "decode_failed",
-                        error_detail(exc), msg.payload)
-        return ReadingBatch.empty([q], frames=1)
+        return Quarantined(msg.received_at_us, msg.topic, self._enterprise_of(msg.topic), "decode_failed",
+                           error_detail(exc), msg.payload)
 
-    async def _decode(self, msg: Message) -> ReadingBatch:
+    def _topic(self, name: str) -> Topic | TopicError:
+        """The topic parsed, or why it is none of ours; remembered, since a backlog
+        repeats a few thousand topics (every gateway's) over and over."""
+        known = self._topics.get(name)
+        if known is None:
+            try:
+                known = parse_topic(name)
+            except TopicError as exc:
+                known = exc
+            if len(self._topics) >= _TOPICS_KEPT:
+                self._topics.clear()
+            self._topics[name] = known
+        return known
+
+    def _enterprise_of(self, name: str) -> str | None:
+        """The enterprise a topic names, when it is a valid one (a guard's best effort)."""
         try:
-            topic = parse_topic(msg.topic)
-        except TopicError as exc:
-            q = Quarantined(msg.received_at_us, msg.topic, exc.enterprise, exc.reason, str(exc), msg.payload)
-            return ReadingBatch.empty([q], frames=1)
+            topic = self._topic(name)
+        except Exception:
+            return None
+        return None if isinstance(topic, TopicError) else topic.enterprise
+
+    async def _decode(self, msg: Message, g: _Gather) -> int:
+        """Decodes into ``g``; returns the message's frames count (1 for a readings frame)."""
+        topic = self._topic(msg.topic)
+        if isinstance(topic, TopicError):
+            g.quarantine.append(
+                Quarantined(msg.received_at_us, msg.topic, topic.enterprise, topic.reason, str(topic), msg.payload))
+            return 1
         if topic.kind == "items":
-            return await self._items(msg, topic.enterprise)
+            g.quarantine.extend(await self._items(msg, topic.enterprise))
+            return 0
         if topic.kind != "readings":
-            return ReadingBatch.empty()
-        part = self._readings(msg, topic)
-        if any(q.reason == "unknown_item" for q in part.quarantine) and await self._reload():
-            part = self._readings(msg, topic)  # the registry may have grown elsewhere
-        return part
+            return 0
+        rows = len(g.cols)
+        quarantine = self._readings(msg, topic, g.cols)
+        if any(q.reason == "unknown_item" for q in quarantine) and await self._reload():
+            g.cols.truncate(rows)  # the registry may have grown elsewhere: judged again
+            quarantine = self._readings(msg, topic, g.cols)
+        g.quarantine.extend(quarantine)
+        return 1
 
     async def _reload(self) -> bool:
         try:
@@ -159,23 +199,23 @@ class Batcher:
             log.error("registry reload failed (%s); using the registry in memory", type(exc).__name__)
             return False
 
-    def _readings(self, msg: Message, topic: Topic) -> ReadingBatch:
-        return decode_readings(
-            msg.topic, topic, msg.payload, msg.received_at_us,
+    def _readings(self, msg: Message, topic: Topic, cols: Columns) -> list[Quarantined]:
+        return decode_readings_into(
+            cols, msg.topic, topic, msg.payload, msg.received_at_us,
             known_codes=self._registry.codes(topic.enterprise), limits=self._limits,
         )
 
-    async def _items(self, msg: Message, enterprise: str) -> ReadingBatch:
-        part = ReadingBatch.empty()
+    async def _items(self, msg: Message, enterprise: str) -> list[Quarantined]:
+        quarantine: list[Quarantined] = []
         if not msg.payload:  # a retained items message being cleared: nothing to apply
-            return part
+            return quarantine
         try:
             items, bad = parse_items_payload(msg.payload, enterprise)
         except ItemsError as exc:
-            part.quarantine.append(
+            quarantine.append(
                 Quarantined(msg.received_at_us, msg.topic, enterprise, exc.reason, str(exc), msg.payload)
             )
-            return part
+            return quarantine
         if items:
             # Applied at once, before the readings that follow it in the stream are judged;
             # all of the message's items or none of them.
@@ -184,22 +224,32 @@ class Batcher:
                 await self._apply_items(items, source)
             except Exception as exc:  # the database refuses this content (e.g. a NUL in a name)
                 self._metrics.message_failed("items", msg.topic, exc)
-                part.quarantine.append(Quarantined(
+                quarantine.append(Quarantined(
                     msg.received_at_us, msg.topic, enterprise, "bad_item",
                     f"{len(items)} item(s) not applied, refused by the database: {error_detail(exc)}",
                     msg.payload, "item"))
             else:
                 self._registry.add(items)
         for i, why, raw in bad:
-            part.quarantine.append(
+            quarantine.append(
                 Quarantined(msg.received_at_us, msg.topic, enterprise, "bad_item", f"items[{i}]: {why}", raw, "item")
             )
-        return part
+        return quarantine
 
 
-def _enterprise_of(topic: str) -> str | None:
-    """The enterprise a topic names, when it is a valid one (a guard's best effort)."""
-    try:
-        return parse_topic(topic).enterprise
-    except Exception:
-        return None
+_TOPICS_KEPT = 100_000  # parsed topics remembered (then forgotten all at once: a bound on memory)
+
+
+@dataclass(slots=True)
+class _Gather:
+    """The batch being gathered, message by message."""
+
+    cols: Columns = field(default_factory=Columns)
+    quarantine: list[Quarantined] = field(default_factory=list)
+    handles: list[Any] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    frames: int = 0
+
+    def batch(self) -> ReadingBatch:
+        return ReadingBatch(self.cols.array(), self.quarantine, self.handles, self.frames, self.sources)
+

@@ -37,11 +37,13 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from config.settings import MqttSettings, secret_value
+from ingest.readahead import NoFilters, ReadAhead
 from ingest.topics import subscriptions
 from runtime.backoff import Backoff
 
@@ -143,6 +145,8 @@ class Collector:
         c.on_socket_close = self._on_socket_close
         c.on_socket_register_write = self._on_register_write
         c.on_socket_unregister_write = self._on_unregister_write
+        if isinstance(getattr(c, "_on_message_filtered", None), MQTTMatcher):
+            c._on_message_filtered = NoFilters()  # type: ignore[no-untyped-call]
         self._client = c
 
     # --- socket plumbing: paho reads and writes when asyncio says the socket is ready ---
@@ -151,6 +155,10 @@ class Collector:
         self._loop.call_soon_threadsafe(fn, *args)
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Called by connect, before it sends anything: paho reads through ReadAhead
+        # from now on.
+        if getattr(client, "_sock", None) is sock:
+            sock = client._sock = ReadAhead(sock)
         self._threadsafe(self._add_reader, sock)
 
     def _add_reader(self, sock: Any) -> None:
@@ -194,8 +202,8 @@ class Collector:
         self._reading = want
 
     def _pending(self) -> int:
-        # An ssl socket may hold decrypted bytes of further packets: the selector sees
-        # only the kernel's buffer and would not wake us for them.
+        # ReadAhead (and an ssl socket) may hold bytes of further packets: the selector
+        # sees only the kernel's buffer and would not wake us for them.
         pending = getattr(self._sock, "pending", None)
         return pending() if pending is not None else 0
 
@@ -210,11 +218,18 @@ class Collector:
         # Called only while the window has room; each loop_read parses one packet.  While
         # more has come, up to _BURST packets are read in one go: the batcher then finds
         # many messages waiting at once, instead of waking for each one.
+        if not self._want_read():  # a call_soon of ours, after the window filled
+            return
         self._client.loop_read()
         for _ in range(_BURST - 1):
             if not (self._want_read() and (self._pending() or self._readable())):
                 break
             self._client.loop_read()
+        else:
+            if self._want_read() and self._pending() and not self._resume_soon and self._loop is not None:
+                # Bytes already taken from the kernel: no selector wakes us for them.
+                self._resume_soon = True
+                self._loop.call_soon(self._resume)
         self._sync_reader()
 
     def _resume(self) -> None:

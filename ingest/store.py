@@ -19,7 +19,6 @@ comes again (its acknowledgement lost to a crash or a cut connection) adds no se
 from __future__ import annotations
 
 import hashlib
-import io
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -190,7 +189,7 @@ class Store:
                 written = 0
                 if len(rows):
                     await conn.execute(_STAGING)
-                    await conn.copy_to_table("nhjc_staging", source=io.BytesIO(copy_data(rows)), format="binary")
+                    await conn.copy_to_table("nhjc_staging", source=memoryview(copy_data(rows)), format="binary")
                     written = int(await conn.fetchval(_MERGE))
                     # A batch with keys stored unchanged (redelivered messages) is followed
                     # by more of them, usually: the direct COPY is tried again only after
@@ -203,10 +202,13 @@ class Store:
 
 async def _copy_new(conn: asyncpg.Connection, rows: np.ndarray) -> None:
     """COPY ``rows`` straight into ``readings`` and queue their items' recomputation;
-    UniqueViolationError when a key is stored already."""
-    await conn.copy_to_table("readings", source=io.BytesIO(copy_data(rows, timestamps=True)),
+    UniqueViolationError when a key is stored already.  The COPY data goes as a
+    buffer (a memoryview: asyncpg would take bytes for a file name): from a file-like
+    object asyncpg reads in a worker thread, two thread hops per COPY, each waiting for
+    a turn of the busy event loop."""
+    await conn.copy_to_table("readings", source=memoryview(copy_data(rows, timestamps=True)),
                              columns=_COLUMNS, format="binary")
-    await conn.copy_to_table("pending_recompute", source=io.BytesIO(pending_data(rows)),
+    await conn.copy_to_table("pending_recompute", source=memoryview(pending_data(rows)),
                              columns=["enterprise", "code", "from_ts", "to_ts"], format="binary")
 
 

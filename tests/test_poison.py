@@ -96,14 +96,15 @@ async def batcher_for(pool: asyncpg.Pool | None, queue: asyncio.Queue[Message], 
 async def test_a_decoder_that_raises_costs_one_message_only(monkeypatch, caplog, error) -> None:
     ent = enterprise_code(801)
     topic = f"nhjc/v1/{ent}/gw-1/readings"
-    real = ingest.batcher.decode_readings
+    real = ingest.batcher.decode_readings_into
 
-    def decode(topic_name, t, payload, *args, **kw):  # type: ignore[no-untyped-def]
+    def decode(cols, topic_name, t, payload, *args, **kw):  # type: ignore[no-untyped-def]
         if b"poison" in payload:
+            cols.ts.append(0)  # half-way through: whatever it added is taken back
             raise error("utf-8", "x", 0, 1, "boom") if error is UnicodeEncodeError else error("boom")
-        return real(topic_name, t, payload, *args, **kw)
+        return real(cols, topic_name, t, payload, *args, **kw)
 
-    monkeypatch.setattr(ingest.batcher, "decode_readings", decode)
+    monkeypatch.setattr(ingest.batcher, "decode_readings_into", decode)
     registry = CollectorRegistry()
     queue: asyncio.Queue[Message] = asyncio.Queue()
     batcher = await batcher_for(None, queue, {ent: frozenset({CODE})}, IngestMetrics(registry))
