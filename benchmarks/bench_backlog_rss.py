@@ -20,12 +20,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import paho.mqtt.client as mqtt
 
+from benchmarks.backlog import publish
 from tools.gateway import enterprise_code, item
 from tools.guest import PrivateBroker, drop_database, migrated_database
 from tools.process import PROJECT_ROOT, ServiceProcess
@@ -54,29 +54,16 @@ def publish_backlog(port: int, frames: int) -> None:
     ents = [enterprise_code(e) for e in range(ENTERPRISES)]
     minutes = -(-frames // ENTERPRISES)
     t0 = (int(time.time()) // 60 - minutes - 1) * 60  # the last few days: none flagged late
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}",
-                    protocol=mqtt.MQTTv5)
-    c.max_inflight_messages_set(2000)
-    c.max_queued_messages_set(0)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    try:
-        infos = []
+
+    def frames_of_50() -> Iterator[tuple[str, bytes]]:
         for f in range(frames):
             e, minute = f % ENTERPRISES, f // ENTERPRISES
             ts = t0 + minute * 60
             readings = ",".join(f'{{"code":"{code}","ts":{ts},"value":{1000.0 + minute + k}}}'
                                 for k, code in enumerate(codes))
-            infos.append(c.publish(f"nhjc/v1/{ents[e]}/gw-1/readings", f'{{"v":1,"readings":[{readings}]}}', qos=1))
-            if len(infos) >= 20_000:  # keep the publisher's own memory small
-                for info in infos:
-                    info.wait_for_publish(120)
-                infos = []
-        for info in infos:
-            info.wait_for_publish(120)
-    finally:
-        c.disconnect()
-        c.loop_stop()
+            yield f"nhjc/v1/{ents[e]}/gw-1/readings", f'{{"v":1,"readings":[{readings}]}}'.encode()
+
+    publish(port, frames_of_50())
 
 
 class RssSampler(threading.Thread):
