@@ -15,6 +15,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from nhjc.service import Service
+from processing.scorecard_sql import IN_VERIFICATION
 from tools.platform.mock import MockPlatform
 from tools.sim import Counters, Simulator
 from tools.sim.frames import CST
@@ -47,12 +48,10 @@ FROM reg r CROSS JOIN q LEFT JOIN got g ON g.enterprise = r.enterprise
 # The simulated enterprises' instruments today (local date $2): in service, out of
 # verification (not verified or calibrated, or no recorded period containing today),
 # due within 30 days, and the replacements recorded.
-INSTRUMENTS_SQL = """
+INSTRUMENTS_SQL = f"""
 WITH m AS (
     SELECT m.enterprise, m.ser_no, m.data_codes, m.next_align_date,
-           m.align_state IN ('verified', 'calibrated') AND EXISTS (
-               SELECT 1 FROM meter_verifications v WHERE v.enterprise = m.enterprise AND v.ser_no = m.ser_no
-                 AND v.valid_from <= $2::date AND v.valid_until >= $2::date) AS in_date
+           {IN_VERIFICATION.format(day="$2::date")} AS in_date
     FROM meters m WHERE m.enterprise = ANY($1::text[]) AND m.retired_at IS NULL
 )
 SELECT count(*) AS meters,
@@ -60,7 +59,7 @@ SELECT count(*) AS meters,
        count(*) FILTER (WHERE in_date AND next_align_date <= $2::date + 30) AS due,
        (SELECT count(*) FROM meter_replacements WHERE enterprise = ANY($1::text[])) AS replacements,
        coalesce((SELECT array_agg(enterprise || ' ' || ser_no || ' ' || coalesce(next_align_date::text, 'never')
-                                  ORDER BY enterprise, ser_no) FROM m WHERE NOT in_date), '{}') AS listed
+                                  ORDER BY enterprise, ser_no) FROM m WHERE NOT in_date), '{{}}') AS listed
 FROM m
 """
 # This month's scorecard of the simulated enterprises (quality_daily), all together.

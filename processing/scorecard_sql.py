@@ -14,8 +14,8 @@ added during the day from midnight on.
 
 from __future__ import annotations
 
-__all__ = ["DAY_BOUNDS", "DAY_DELETE", "DAY_INSERT", "DAY_ITEMS_INSERT", "ITEMS_DELETE", "MONTH_DELETE", "MONTH_INSERT",
-           "MONTH_ITEMS_INSERT", "PIN_TOLERANCE_S", "SCORE_COLUMNS", "TOLERANCE"]
+__all__ = ["DAY_BOUNDS", "DAY_DELETE", "DAY_INSERT", "DAY_ITEMS_INSERT", "IN_VERIFICATION", "ITEMS_DELETE",
+           "MONTH_DELETE", "MONTH_INSERT", "MONTH_ITEMS_INSERT", "PIN_TOLERANCE_S", "SCORE_COLUMNS", "TOLERANCE"]
 
 # A period's start is pinned when the item has a reading this close to it (seconds).
 PIN_TOLERANCE_S = 60.0
@@ -105,6 +105,12 @@ LEFT JOIN consumption dv ON dv.enterprise = pi.enterprise AND dv.code = pi.code 
                         AND dv.period_start = $3::timestamptz AND dv.coverage > 0
 """
 
+# An instrument ``m`` (a row of meters) is in verification on the local date {day}: verified
+# or calibrated, with a recorded verification period holding that date.
+IN_VERIFICATION = """m.align_state IN ('verified', 'calibrated') AND EXISTS (
+    SELECT 1 FROM meter_verifications v WHERE v.enterprise = m.enterprise AND v.ser_no = m.ser_no
+      AND v.valid_from <= {day} AND v.valid_until >= {day})"""
+
 # The enterprise rows of one day: its item rows and its instruments.  $1 zone, $2 the
 # local day.  An instrument counts on a day unless retired before it began, or recorded
 # as the replacement of another one after it ended.
@@ -112,10 +118,7 @@ DAY_INSERT = f"""
 WITH items AS ({_ENTERPRISE_ITEMS.format(period="'day'", start="$2::date")}
 ), instruments AS (
     SELECT m.enterprise, count(*) AS meters,
-           count(*) FILTER (WHERE m.align_state IN ('verified', 'calibrated') AND EXISTS (
-               SELECT 1 FROM meter_verifications v
-               WHERE v.enterprise = m.enterprise AND v.ser_no = m.ser_no
-                 AND v.valid_from <= $2::date AND v.valid_until >= $2::date)) AS meters_verified
+           count(*) FILTER (WHERE {IN_VERIFICATION.format(day="$2::date")}) AS meters_verified
     FROM meters m
     WHERE (m.retired_at IS NULL OR m.retired_at > ($2::date::timestamp AT TIME ZONE $1::text))
       -- a replacing instrument is in service from its replacement on
